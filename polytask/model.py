@@ -1,0 +1,316 @@
+"""The Llama-family decoder as one plain ``nn.Module``.
+
+RMSNorm, rotary embeddings, grouped-query attention through ``scaled_dot_product_attention``,
+SwiGLU MLP, tied or untied embeddings. No distributed code, no tokenizer, no training code:
+parallelism is applied from outside (``polytask.train.parallelize``), generation lives in
+``polytask.engine``. Parameter names follow the Hugging Face ``LlamaForCausalLM`` layout
+(``model.layers.N.self_attn.q_proj.weight`` ...) so checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polytask.errors import PolytaskError
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 49152
+    dim: int = 576
+    num_layers: int = 30
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    hidden_dim: int = 1536  # SwiGLU inner width
+    max_seq_len: int = 8192
+    rope_theta: float = 100000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    attention_bias: bool = False  # Qwen2 puts a bias on q/k/v
+    head_dim: int | None = None  # None: dim // num_heads
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise PolytaskError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def num_params(self) -> int:
+        """Parameter count without instantiating the model."""
+        h = self.head_dim
+        attn = self.dim * h * (self.num_heads * 2 + self.num_kv_heads * 2)
+        if self.attention_bias:
+            attn += h * (self.num_heads + 2 * self.num_kv_heads)
+        mlp = 3 * self.dim * self.hidden_dim
+        per_layer = attn + mlp + 2 * self.dim
+        emb = self.vocab_size * self.dim
+        return emb * (1 if self.tie_embeddings else 2) + self.num_layers * per_layer + self.dim
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·d·T."""
+        n = self.num_params() - self.vocab_size * self.dim * (0 if self.tie_embeddings else 1)
+        return 6 * n + 12 * self.num_layers * self.num_heads * self.head_dim * seq_len
+
+
+# Architectures only: weights come from disk (``polytask.weights``) or ``init_weights()``.
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(dim=64, num_layers=2, num_heads=4, num_kv_heads=2, hidden_dim=128, max_seq_len=512),
+    "tiny-untied": ModelConfig(
+        dim=64, num_layers=2, num_heads=4, num_kv_heads=2, hidden_dim=128, max_seq_len=512, tie_embeddings=False
+    ),
+    "smol-30m": ModelConfig(dim=384, num_layers=8, num_heads=6, num_kv_heads=2, hidden_dim=1024, max_seq_len=2048),
+    "smollm2-135m": ModelConfig(),
+    "smollm2-360m": ModelConfig(dim=960, num_layers=32, num_heads=15, num_kv_heads=5, hidden_dim=2560),
+    "smollm2-1.7b": ModelConfig(
+        dim=2048, num_layers=24, num_heads=32, num_kv_heads=32, hidden_dim=8192, rope_theta=130000.0
+    ),
+    "llama3.2-1b": ModelConfig(
+        vocab_size=128256, dim=2048, num_layers=16, num_heads=32, num_kv_heads=8, hidden_dim=8192,
+        max_seq_len=131072, rope_theta=500000.0,
+    ),
+    "llama3-8b": ModelConfig(
+        vocab_size=128256, dim=4096, num_layers=32, num_heads=32, num_kv_heads=8, hidden_dim=14336,
+        rope_theta=500000.0, tie_embeddings=False,
+    ),
+    "qwen2.5-0.5b": ModelConfig(
+        vocab_size=151936, dim=896, num_layers=24, num_heads=14, num_kv_heads=2, hidden_dim=4864,
+        max_seq_len=32768, rope_theta=1000000.0, norm_eps=1e-6, attention_bias=True,
+    ),
+    "qwen2.5-7b": ModelConfig(
+        vocab_size=152064, dim=3584, num_layers=28, num_heads=28, num_kv_heads=4, hidden_dim=18944,
+        max_seq_len=32768, rope_theta=1000000.0, norm_eps=1e-6, attention_bias=True, tie_embeddings=False,
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise PolytaskError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
+    return ModelConfig(**asdict(PRESETS[name]))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in fp32 as the reference does: bf16 variance loses precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables, (max_len, head_dim), in the 'rotate half' layout of HF checkpoints."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(max_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (batch, heads, seq, head_dim); cos/sin broadcast as (batch or 1, 1, seq, head_dim)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (layers, batch, kv_heads, max_len, head_dim).
+
+    ``lengths`` is how many positions each row holds; rows may be left-padded (``pad``), in which
+    case those slots are masked out. Written in place, never reallocated while decoding.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device=None) -> None:
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.pos = 0  # next slot to write (same for all rows: rows are left-aligned by padding)
+        self.pad: torch.Tensor | None = None  # (batch,) number of left-pad slots per row
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep only the rows in ``index`` (finished sequences leave the batch)."""
+        self.k = self.k[:, index]
+        self.v = self.v[:, index]
+        if self.pad is not None:
+            self.pad = self.pad[index]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.num_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape  # (batch, seq, dim)
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            start = cache.pos
+            cache.k[layer, :, :, start : start + t] = k
+            cache.v[layer, :, :, start : start + t] = v
+            k = cache.k[layer, :, :, : start + t]
+            v = cache.v[layer, :, :, : start + t]
+        causal = mask is None and cache is None
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Embeddings, blocks and final norm: the ``model.`` prefix of HF checkpoints."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # A ModuleDict keyed "0", "1", ... keeps HF names and lets FSDP/compile wrap blocks one by one.
+        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.num_layers)})
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        # Not persistent: derived from the config, never stored in checkpoints.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """tokens: (batch, seq) ids.
+
+        - ``targets`` given: returns the summed cross-entropy over positions whose target is not
+          -100, as a 0-d tensor (the caller divides by the global count of target tokens, so that
+          gradient accumulation and data parallelism give exactly the same gradient).
+        - otherwise: returns logits (batch, seq, vocab), or (batch, 1, vocab) with ``last_only``.
+        ``positions`` (batch or 1, seq) and ``mask`` (batch, 1, seq, kv_len, bool: True = attend)
+        serve padded batches and the KV cache.
+        """
+        b, t = tokens.shape
+        if positions is None:
+            start = cache.pos if cache is not None else 0
+            cos = self.rope_cos[start : start + t][None, None]
+            sin = self.rope_sin[start : start + t][None, None]
+        else:
+            cos = self.rope_cos[positions].unsqueeze(1)
+            sin = self.rope_sin[positions].unsqueeze(1)
+        h = self.model.embed_tokens(tokens)
+        cos, sin = cos.to(h.dtype), sin.to(h.dtype)
+        for i, block in enumerate(self.model.layers.values()):
+            h = block(h, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.pos += t
+        h = self.model.norm(h)
+        if targets is not None:
+            logits = self.lm_head(h).float()
+            return F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+        if last_only:
+            h = h[:, -1:]
+        return self.lm_head(h)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Fresh initialization (GPT-2/nanoGPT style: N(0, 0.02), residual projections scaled)."""
+        gen = torch.Generator(device="cpu")
+        if seed is not None:
+            gen.manual_seed(seed)
+        std = 0.02
+        proj_std = std / math.sqrt(2 * self.config.num_layers)
+        for name, p in self.named_parameters():
+            if p.ndim == 1 and name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                s = proj_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                p.copy_(torch.randn(p.shape, generator=gen) * s)
+        self.reset_rope()
+
+    def reset_rope(self) -> None:
+        """Recompute the rope tables (after ``to_empty`` left them uninitialized)."""
+        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        self.rope_cos = cos.to(self.rope_cos.device)
+        self.rope_sin = sin.to(self.rope_sin.device)
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "meta") -> Llama:
+    """Build on ``device`` (meta by default: no memory until ``to_empty`` + load or init)."""
+    with torch.device(device):
+        return Llama(cfg)
