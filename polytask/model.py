@@ -182,13 +182,18 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        start = 0
         if cache is not None:
             start = cache.pos
             cache.k[layer, :, :, start : start + t] = k
             cache.v[layer, :, :, start : start + t] = v
             k = cache.k[layer, :, :, : start + t]
             v = cache.v[layer, :, :, : start + t]
-        causal = mask is None and cache is None
+        causal = mask is None and t > 1
+        if causal and start > 0:
+            # SDPA's is_causal aligns top-left; a chunk after cached tokens needs bottom-right alignment.
+            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
+            causal = False
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.num_kv_heads != self.num_heads
         )

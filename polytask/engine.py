@@ -1,0 +1,169 @@
+"""The generation engine: token ids in, token ids out.
+
+A preallocated KV cache (written in place, never grown), batched prompts of different lengths
+(left-padded, with per-row positions and a padding mask), greedy or sampled decoding
+(temperature, top-k, top-p, repetition penalty, a seed for reproducible sampling), stop tokens,
+and streaming. Nothing here knows about text: prompts, templates and wording live above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from polytask.errors import PolytaskError
+from polytask.model import KVCache, Llama
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off (CTRL paper's penalty on already-seen tokens)
+    stop_ids: list[int] | None = None  # None: the engine's defaults (the tokenizer's end-of-turn ids)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise PolytaskError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise PolytaskError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise PolytaskError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise PolytaskError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise PolytaskError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+@dataclass
+class Completion:
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "stop" (a stop token ended it; not included) | "length"
+
+
+class Engine:
+    def __init__(self, model: Llama, stop_ids: list[int], pad_id: int = 0) -> None:
+        self.model = model.eval()
+        self.stop_ids = list(stop_ids)
+        self.pad_id = pad_id
+        self.dtype = model.model.embed_tokens.weight.dtype
+        self.device = model.model.embed_tokens.weight.device
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.max_seq_len
+
+    def _check(self, prompts: list[list[int]], params: SamplingParams) -> int:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise PolytaskError("empty prompt: give at least one token")
+        longest = max(len(p) for p in prompts)
+        if longest >= self.context_length:
+            raise PolytaskError(
+                f"prompt is {longest} tokens, the model's context window is {self.context_length}; shorten the prompt"
+            )
+        vocab = self.model.config.vocab_size
+        if any(t < 0 or t >= vocab for p in prompts for t in p):
+            raise PolytaskError(f"token id out of range for a vocabulary of {vocab}")
+        return min(longest + params.max_new_tokens, self.context_length)
+
+    @torch.inference_mode()
+    def stream_batch(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[int | None]]:
+        """Yields, per decode step, one new token per row (None for rows already finished)."""
+        cache_len = self._check(prompts, params)
+        stops = torch.tensor(params.stop_ids if params.stop_ids is not None else self.stop_ids, dtype=torch.long)
+        gen = None
+        if params.temperature > 0:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(params.seed if params.seed is not None else torch.seed())
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        pad = torch.tensor([longest - len(p) for p in prompts])
+        tokens = torch.full((batch, longest), self.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            tokens[i, pad[i] :] = torch.tensor(p, dtype=torch.long)
+        cache = KVCache(self.model.config, batch, cache_len, self.dtype, self.device)
+        padded = bool(pad.any())
+        positions = mask = key_valid = None
+        if padded:
+            # Left padding: row i's real tokens start at pad[i]; its positions count from there.
+            key_valid = torch.arange(cache_len)[None, :] >= pad[:, None]  # (batch, cache_len)
+            positions = (torch.arange(longest)[None, :] - pad[:, None]).clamp(min=0)
+            causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+            # A padding query attends to itself only, so no row of the mask is empty (NaN otherwise).
+            mask = (causal & key_valid[:, None, :longest]) | torch.eye(longest, dtype=torch.bool)
+            mask = mask[:, None]  # (batch, 1, query, key)
+        seen = tokens.clone() if params.repetition_penalty != 1.0 else None
+        logits = self.model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)[:, -1]
+        done = torch.zeros(batch, dtype=torch.bool)
+        for step in range(cache_len - longest):
+            nxt = self._sample(logits.float(), params, gen, seen)
+            finished_now = torch.isin(nxt, stops) & ~done
+            out = nxt.tolist()
+            yield [None if (d or f) else t for t, d, f in zip(out, done.tolist(), finished_now.tolist(), strict=True)]
+            done |= finished_now
+            if bool(done.all()) or step == cache_len - longest - 1:
+                return
+            if seen is not None:
+                seen = torch.cat([seen, nxt[:, None]], dim=1)
+            if padded:
+                positions = (cache.pos - pad)[:, None]
+                mask = key_valid[:, None, None, : cache.pos + 1]
+            logits = self.model(nxt[:, None], cache=cache, positions=positions, mask=mask)[:, -1]
+
+    @staticmethod
+    def _sample(
+        logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None, seen: torch.Tensor | None
+    ) -> torch.Tensor:
+        # logits: (batch, vocab) fp32
+        if seen is not None:
+            prev = logits.gather(1, seen)
+            logits = logits.scatter(
+                1, seen, torch.where(prev > 0, prev / params.repetition_penalty, prev * params.repetition_penalty)
+            )
+        if params.temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / params.temperature
+        if params.top_k:
+            kth = torch.topk(logits, min(params.top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if params.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            # Drop a token when the mass before it already reaches top_p (the first token always stays).
+            drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
+            logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Completion]:
+        params = params or SamplingParams()
+        results = [Completion() for _ in prompts]
+        finished = [False] * len(prompts)
+        for step_tokens in self.stream_batch(prompts, params):
+            for i, t in enumerate(step_tokens):
+                if finished[i]:
+                    continue
+                if t is None:
+                    finished[i] = True
+                    results[i].finish_reason = "stop"
+                else:
+                    results[i].tokens.append(t)
+        return results
+
+    def stream(self, prompt: list[int], params: SamplingParams | None = None) -> Iterator[int]:
+        for (t,) in self.stream_batch([prompt], params or SamplingParams()):
+            if t is None:
+                return
+            yield t
+
+    @torch.inference_mode()
+    def score(self, prompt: list[int], continuation: list[int]) -> float:
+        """Sum of log-probabilities of ``continuation`` after ``prompt`` (ranking labels by likelihood)."""
+        ids = torch.tensor([prompt + continuation], dtype=torch.long, device=self.device)
+        logits = self.model(ids[:, :-1]).float()[0, len(prompt) - 1 :]
+        logp = logits.log_softmax(-1).gather(1, ids[0, len(prompt) :, None])
+        return float(logp.sum())

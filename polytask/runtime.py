@@ -1,0 +1,64 @@
+"""A loaded language model for the layers above the engine: weights + tokenizer + engine, text in, text out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from polytask.engine import Completion, Engine, SamplingParams
+from polytask.tokenizer import Tokenizer
+from polytask.weights import load_model
+
+Messages = list[dict]
+
+
+class LM:
+    def __init__(self, model, tokenizer: Tokenizer, model_dir: Path, name: str, adapter: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_dir = model_dir
+        self.name = name
+        self.adapter = adapter
+        self.engine = Engine(model, tokenizer.stop_ids, tokenizer.pad_id)
+
+    @classmethod
+    def load(cls, model: str = "default", adapter: str | None = None, dtype: torch.dtype = torch.float32) -> LM:
+        net, model_dir = load_model(model, dtype)
+        if adapter:
+            from polytask.lora import apply_adapter  # LoRA lives in the customization layer
+
+            net = apply_adapter(net, adapter, model_dir)
+        return cls(net, Tokenizer(model_dir), model_dir, model, adapter)
+
+    def _prompt_ids(self, item: str | Messages, raw: bool) -> list[int]:
+        if raw:
+            assert isinstance(item, str)
+            return self.tokenizer.encode(item)
+        messages = [{"role": "user", "content": item}] if isinstance(item, str) else item
+        return self.tokenizer.encode_chat(messages)
+
+    def complete(self, items: list[str | Messages], raw: bool = False, **sampling) -> list[Completion]:
+        """Chat-templated (or ``raw``) prompts -> completions, generated as one batch."""
+        prompts = [self._prompt_ids(x, raw) for x in items]
+        return self.engine.generate(prompts, SamplingParams(**sampling))
+
+    def chat(self, messages: str | Messages | list[Messages], **sampling) -> str | list[str]:
+        """One conversation (a string or a message list) -> reply; a list of conversations -> list of replies."""
+        many = isinstance(messages, list) and messages and isinstance(messages[0], list)
+        items = messages if many else [messages]
+        replies = [self.tokenizer.decode(c.tokens).strip() for c in self.complete(items, **sampling)]
+        return replies if many else replies[0]
+
+    def stream_chat(self, messages: str | Messages, **sampling) -> Iterator[str]:
+        """Text pieces as they are generated (decoded incrementally so multi-byte characters stay whole)."""
+        ids: list[int] = []
+        shown = ""
+        for t in self.engine.stream(self._prompt_ids(messages, False), SamplingParams(**sampling)):
+            ids.append(t)
+            text = self.tokenizer.decode(ids)
+            if text.endswith("\ufffd"):
+                continue  # an incomplete UTF-8 sequence: wait for the next token
+            yield text[len(shown) :]
+            shown = text
