@@ -1,0 +1,94 @@
+"""Sentences, passages and word overlap: the small text tools the store and the apps share."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from polytask.store.parsers import Block
+
+# Words whose trailing period does not end a sentence.
+ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "no", "inc", "ltd",
+                 "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+                 "fig", "al", "approx", "dept", "est", "gen", "gov", "mt", "u.s", "u.k", "ph.d", "a.m", "p.m"}
+SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s+[\"'(\[]?[A-Z0-9])|\n\s*\n")
+
+STOPWORDS = set(
+    "a an the of in on at to for from by with and or but is are was were be been being do does did done has have had "
+    "what which who whom whose when where why how that this these those it its he she they them his her their him "
+    "i me my we our you your as into about than then there here not no so if can could would should will shall may "
+    "might must also any some such only very just more most other s".split()
+)
+WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
+
+
+def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """Character spans of the sentences in text[start:end], whitespace trimmed."""
+    end = len(text) if end is None else end
+    spans, begin = [], start
+    for m in SENTENCE_END.finditer(text, start, end):
+        word = re.search(r"(\S+)$", text[begin : m.start()])
+        if m.group().strip() and word and word.group(1).lower().rstrip(".") in ABBREVIATIONS:
+            continue
+        if word and re.fullmatch(r"[A-Z]", word.group(1)):  # an initial: "A. M. Turing"
+            continue
+        spans.append((begin, m.end()))
+        begin = m.end()
+    spans.append((begin, end))
+    out = []
+    for s, e in spans:
+        seg = text[s:e]
+        lead = len(seg) - len(seg.lstrip())
+        trail = len(seg) - len(seg.rstrip())
+        if seg.strip():
+            out.append((s + lead, e - trail))
+    return out
+
+
+@dataclass
+class Chunk:
+    start: int
+    end: int
+    location: str
+    page: int | None
+
+
+def make_passages(text: str, blocks: list[Block], target_chars: int = 800) -> list[Chunk]:
+    """Pack consecutive blocks of one section into passages of about target_chars.
+
+    Blocks are merged while they fit; a block longer than target_chars is cut at sentence
+    boundaries. A passage never spans two sections or pages, so its citation is exact.
+    """
+    chunks: list[Chunk] = []
+    for block in blocks:
+        pieces = [(block.start, block.end)]
+        if block.end - block.start > target_chars:
+            pieces = []
+            for s, e in sentence_spans(text, block.start, block.end):
+                if pieces and e - pieces[-1][0] <= target_chars:
+                    pieces[-1] = (pieces[-1][0], e)
+                else:
+                    pieces.append((s, e))
+        for s, e in pieces:
+            last = chunks[-1] if chunks else None
+            if last and last.location == block.location and last.page == block.page and e - last.start <= target_chars:
+                last.end = e
+            else:
+                chunks.append(Chunk(s, e, block.location, block.page))
+    return chunks
+
+
+def words(text: str) -> list[str]:
+    return [w.lower() for w in WORD.findall(text)]
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in words(text) if w not in STOPWORDS]
+
+
+def stem(word: str) -> str:
+    """A crude suffix stripper, enough to match 'published'/'publish' and 'studies'/'study'."""
+    for suffix, repl in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)] + repl
+    return word
