@@ -1,0 +1,78 @@
+"""Every reader on the real shared data: the MANIFEST's split sizes and rules, and rendering."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DATA
+
+from polytask.tasks import TASKS, get_task
+from polytask.tasks.chat import conversation_split
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data absent at {DATA}")
+
+# (task, split) -> examples, from ../shared/data/MANIFEST.md
+SIZES = {
+    ("clinc150", "train"): 15000 + 100,  # in-scope + oos_train
+    ("clinc150", "val"): 3000 + 100,
+    ("clinc150", "test"): 4500 + 1000,
+    ("banking77", "train"): 10003,
+    ("banking77", "test"): 3080,
+    ("samsum", "train"): 818,  # validation.json is the train split
+    ("samsum", "test"): 819,
+    ("cnndm", "test"): 250,
+    ("aeslc", "train"): 14436,
+    ("aeslc", "val"): 1960,
+    ("aeslc", "test"): 1906,
+    ("email_intent", "train"): 3657,
+    ("email_intent", "test"): 992,
+}
+
+
+@pytest.mark.parametrize("task,split", sorted(SIZES))
+def test_split_sizes_and_render(task, split):
+    t = get_task(task)
+    examples = t.read(split)
+    assert len(examples) == SIZES[task, split]
+    assert len({ex.id for ex in examples}) == len(examples)
+    messages, target = t.render(examples[0])
+    assert messages[-1]["role"] == "user" and messages[-1]["content"] and target == examples[0].target
+
+
+def test_squad_split_by_article():
+    t = get_task("squad")
+    train, test = t.read("train"), t.read("test")
+    assert len(train) + len(test) == 10570
+    assert not {ex.inputs["context"] for ex in train} & {ex.inputs["context"] for ex in test}
+    # every question keeps all its human answers as references
+    assert max(len(ex.answers) for ex in test) >= 3
+    assert "Passage:" in t.render(test[0])[0][-1]["content"]
+
+
+def test_clinc150_oos_and_labels():
+    t = get_task("clinc150")
+    test = t.read("test")
+    assert sum(ex.target == "out_of_scope" for ex in test) == 1000
+    assert len(t.labels()) == 151
+    assert "Labels: " in get_task("clinc150", labels_in_prompt=True).render(test[0])[0][-1]["content"]
+
+
+def test_aeslc_eval_references_are_the_annotations():
+    ex = get_task("aeslc").read("test")[0]
+    assert len(ex.references) == 3 and ex.target not in ("",)
+
+
+def test_chitchat_reply_pairs_split_deterministically():
+    t = get_task("chitchat")
+    splits = {s: t.read(s) for s in t.splits}
+    sizes = {s: len(v) for s, v in splits.items()}
+    assert sum(sizes.values()) == 131569  # every reply pair of the package, once
+    assert 0.03 < sizes["test"] / sum(sizes.values()) < 0.08
+    test_convs = {ex.id.rsplit("/", 1)[0] for ex in splits["test"]}
+    assert all(conversation_split(c) == "test" for c in test_convs)
+    assert not test_convs & {ex.id.rsplit("/", 1)[0] for ex in splits["train"]}
+
+
+def test_every_task_has_a_prompt_template():
+    for name in TASKS:
+        options = {"path": "x"} if name in ("jsonl", "text") else {}
+        assert get_task(name, **options).prompt_template
