@@ -38,7 +38,8 @@ def write_tokenizer_files(tok: dict, out: Path) -> None:
         config["chat_template"] = tok["chat_template"]
         (out / "chat_template.jinja").write_text(tok["chat_template"])
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    gen = {"bos_token_id": tok["bos_token_id"], "eos_token_id": tok["eos_token_id"], "pad_token_id": tok["eos_token_id"]}
+    eos = tok["eos_token_id"]
+    gen = {"bos_token_id": tok["bos_token_id"], "eos_token_id": eos, "pad_token_id": eos}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
 

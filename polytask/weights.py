@@ -138,7 +138,8 @@ def load_into(model: Llama, sd: dict[str, torch.Tensor], where: str, dtype: torc
     own = model.state_dict()
     for k in expected:
         if sd[k].shape != own[k].shape:
-            raise PolytaskError(f"{where}: {k} has shape {tuple(sd[k].shape)}, the config expects {tuple(own[k].shape)}")
+            got, want = tuple(sd[k].shape), tuple(own[k].shape)
+            raise PolytaskError(f"{where}: {k} has shape {got}, the config expects {want}")
     model.to_empty(device="cpu")
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False, assign=True)
     if cfg.tie_embeddings:

@@ -1,0 +1,159 @@
+"""Greedy decoding speed: polytask's engine vs transformers' ``generate``, same weights, same threads.
+
+128 new tokens after a 128-token prompt, batch 1 and batch 8, alternating the two engines for
+``--rounds`` rounds and keeping each one's median. Also the prefill of one 128-token prompt,
+and the memory-bandwidth floor: at batch 1 every weight byte is read once per token, so
+``bandwidth / weight bytes`` bounds tokens/s; the table says how close polytask gets.
+
+    python benchmarks/decode.py [--rounds 3] [--threads 2] [--dtype fp32|bf16]
+
+The last line is one JSON object (polytask_tok_s, hf_tok_s, ratio, batch8_ratio, prefill_ratio, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from polytask.engine import SamplingParams
+from polytask.runtime import LM
+
+TEXT = (
+    "The history of computing is longer than the history of computing hardware and modern computing technology "
+    "and includes the history of methods intended for pen and paper or for chalk and slate, with or without the "
+    "aid of tables. Digital computing is intimately tied to the representation of numbers. But long before "
+    "abstractions like the number arose, there were mathematical concepts to serve the purposes of civilization. "
+    "These concepts are implicit in concrete practices such as one-to-one correspondence, the basis of counting, "
+    "and comparison to a standard, used for measurement. The earliest known tool for use in computation was the "
+    "abacus, and it was thought to have been invented in Babylon circa 2400 BC. Its original style of usage was "
+    "by lines drawn in sand with pebbles. Abaci of a more modern design are still used as calculation tools today."
+)
+
+
+def prompts(tokenizer, batch: int, length: int) -> list[list[int]]:
+    ids = tokenizer.encode(TEXT * 4)
+    return [ids[i * 7 : i * 7 + length] for i in range(batch)]  # different texts, same length
+
+
+def measure_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes/s of a large copy (read + write), the best of ``repeats``."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
+
+
+def time_polytask(lm: LM, batch_prompts: list[list[int]], new_tokens: int) -> float:
+    params = SamplingParams(max_new_tokens=new_tokens, stop_ids=[])
+    t = time.perf_counter()
+    out = lm.engine.generate(batch_prompts, params)
+    dt = time.perf_counter() - t
+    assert all(len(c.tokens) == new_tokens for c in out)
+    return len(batch_prompts) * new_tokens / dt
+
+
+@torch.inference_mode()
+def time_hf(hf, batch_prompts: list[list[int]], new_tokens: int) -> float:
+    ids = torch.tensor(batch_prompts)
+    t = time.perf_counter()
+    out = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        do_sample=False, pad_token_id=0,
+    )
+    dt = time.perf_counter() - t
+    assert out.shape[1] == ids.shape[1] + new_tokens
+    return len(batch_prompts) * new_tokens / dt
+
+
+@torch.inference_mode()
+def time_prefill(forward, ids: torch.Tensor, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        forward(ids)
+        best = min(best, time.perf_counter() - t)
+    return ids.numel() / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+
+    from transformers import AutoModelForCausalLM
+
+    lm = LM.load("default", dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(lm.model_dir), dtype=dtype).eval()
+    b1 = prompts(lm.tokenizer, 1, args.prompt_tokens)
+    b8 = prompts(lm.tokenizer, 8, args.prompt_tokens)
+
+    time_polytask(lm, b1, 8)  # warm-up both (allocator, oneDNN primitives)
+    time_hf(hf, b1, 8)
+    results: dict[str, list[float]] = {k: [] for k in ("pt1", "hf1", "pt8", "hf8")}
+    for r in range(args.rounds):
+        results["pt1"].append(time_polytask(lm, b1, args.new_tokens))
+        results["hf1"].append(time_hf(hf, b1, args.new_tokens))
+        results["pt8"].append(time_polytask(lm, b8, args.new_tokens))
+        results["hf8"].append(time_hf(hf, b8, args.new_tokens))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f} tok/s" for k, v in results.items()),
+              flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+
+    ids = torch.tensor(b1)
+    from polytask.model import KVCache
+
+    def pt_prefill(x):
+        cache = KVCache(lm.model.config, 1, x.shape[1] + 1, dtype)
+        return lm.model(x, cache=cache, last_only=True)
+
+    pre_pt = time_prefill(pt_prefill, ids)
+    pre_hf = time_prefill(lambda x: hf(x, use_cache=True, logits_to_keep=1), ids)
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    bandwidth = measure_bandwidth()
+    floor_tok_s = bandwidth / weight_bytes
+
+    rows = [
+        ("decode batch 1 (tok/s)", med["pt1"], med["hf1"]),
+        ("decode batch 8 (tok/s)", med["pt8"], med["hf8"]),
+        (f"prefill {args.prompt_tokens} tokens (tok/s)", pre_pt, pre_hf),
+    ]
+    print(f"\nSmolLM2-135M-Instruct, {args.dtype}, {args.threads} threads, "
+          f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, median of {args.rounds} rounds")
+    print(f"{'':32} {'polytask':>10} {'transformers':>13} {'ratio':>7}")
+    for name, a, b in rows:
+        print(f"{name:32} {a:10.1f} {b:13.1f} {a / b:7.2f}")
+    print(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s, weights {weight_bytes / 1e6:.0f} MB/token -> "
+          f"floor {floor_tok_s:.1f} tok/s at batch 1; polytask reaches {med['pt1'] / floor_tok_s:.0%} of it")
+    print(json.dumps({
+        "polytask_tok_s": round(med["pt1"], 2),
+        "hf_tok_s": round(med["hf1"], 2),
+        "ratio": round(med["pt1"] / med["hf1"], 3),
+        "batch8_polytask_tok_s": round(med["pt8"], 2),
+        "batch8_hf_tok_s": round(med["hf8"], 2),
+        "batch8_ratio": round(med["pt8"] / med["hf8"], 3),
+        "prefill_ratio": round(pre_pt / pre_hf, 3),
+        "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "floor_tok_s": round(floor_tok_s, 2),
+        "fraction_of_floor": round(med["pt1"] / floor_tok_s, 3),
+        "dtype": args.dtype,
+        "threads": args.threads,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Arguments shared by commands that load a model or generate text."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from polytask.errors import PolytaskError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="default", help="default | a cached model name | a Hugging Face-layout folder | a .gguf file"
+    )
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout) to apply to the model")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype for inference (default fp32)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
+
+
+def load_lm(args: argparse.Namespace):
+    from polytask.runtime import LM
+
+    return LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
+
+
+def read_text_file(path: str, what: str = "file") -> str:
+    """A UTF-8 text file, or a one-line error saying what is wrong with it."""
+    try:
+        data = open(path, "rb").read()
+    except FileNotFoundError:
+        raise PolytaskError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise PolytaskError(f"{path}: is a folder, expected a {what}") from None
+    except OSError as e:
+        raise PolytaskError(f"{path}: cannot read {what} ({e.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolytaskError(f"{path}: not UTF-8 text (byte {e.start}); convert it with e.g. iconv -t UTF-8") from None
