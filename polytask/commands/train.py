@@ -1,0 +1,62 @@
+"""``polytask train``: one command from one CPU process to a torchrun job."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """config overrides: --SECTION.KEY VALUE (or --SECTION.KEY=VALUE), e.g. --optim.lr 1e-3
+--parallel.strategy zero3 --data.seq_len 256. Sections: model, data, optim, parallel, checkpoint,
+metrics; the keys and their meaning are the fields of polytask/config.py. Precedence: command
+line > --config file > defaults. Under torchrun: torchrun --nproc-per-node N -m polytask train ..."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model on a task mixture (one process or under torchrun)", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="TOML file with [model] [data] [optim] [parallel] [checkpoint] [metrics]")
+    p.add_argument("--run-dir", default=None, help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint, if any")
+    parse_known = p.parse_known_args
+
+    # `--section.key VALUE` pairs are not argparse options: collect them for polytask.config,
+    # which checks them against the dataclasses and names the allowed keys and values.
+    def parse_known_args(args=None, namespace=None):
+        ns, rest = parse_known(args, namespace)
+        ns.overrides = rest
+        return ns, []
+
+    p.parse_known_args = parse_known_args
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from polytask.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / (Path(args.config).stem if args.config else "default"))
+    import torch.distributed as dist
+
+    from polytask.train.loop import train
+
+    # torchrun restarts failed workers with the same arguments: a restart always resumes.
+    resume = args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    try:
+        last = train(cfg, run_dir, resume=resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if last:
+        summary = {k: last[k] for k in ("step", "loss", "tokens_per_s", "mfu", "model_state_bytes")}
+        print(f"polytask train: done {summary} -> {run_dir}", flush=True)
+    if "RANK" in os.environ:
+        # A gloo group can abort the interpreter at exit; leave without running its teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+

@@ -1,0 +1,283 @@
+"""The training configuration: one dataclass per concern, nested under ``TrainConfig``.
+
+Precedence: command line (``--section.key VALUE``) > TOML file > defaults. Every key and
+value is checked against the dataclass field it lands in; an unknown key or a wrong type
+raises ``PolytaskError`` naming the key and what is allowed. ``to_toml`` writes the resolved
+config (next to a run's outputs and into every checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from polytask.data import DataConfig
+from polytask.errors import PolytaskError
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"  # architecture: a name in polytask.model.PRESETS (ignored when init_from is set)
+    init_from: str = ""  # "" = fresh init; "default" | HF-layout folder | .gguf: start from these weights
+    tokenizer: str = "default"  # model folder whose tokenizer.json tokenizes the data (init_from's when set)
+    seed: int = 0  # seed of the fresh initialization (identical on every rank and strategy)
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 20  # optimizer steps
+    grad_accum: int = 1  # micro-batches per step and rank; global batch = micro_batch x grad_accum x data ranks
+    lr: float = 3e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # final lr = lr x min_lr_ratio
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # after warmup; wsd = warmup-stable-decay
+    warmup_steps: int = 0  # linear warmup from 0
+    decay_fraction: float = 0.2  # wsd: share of the steps spent in the final (linear) decay
+    weight_decay: float = 0.1  # on matrices and embeddings; never on norms and biases
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0 = no clipping
+    seed: int = 0  # torch RNG seed of the loop (saved and restored with checkpoints)
+
+
+@dataclass
+class ParallelConfig:
+    strategy: Literal["ddp", "zero1", "zero2", "zero3"] = "ddp"  # zero1 = DDP + ZeroRedundancyOptimizer;
+    # zero2/zero3 = FSDP2 keeping / freeing the gathered parameters after forward
+    tensor_parallel: int = 1  # K: a (data x tensor) mesh with K ranks per tensor-parallel group
+    cpu_offload: bool = False  # FSDP2 keeps sharded parameters, gradients and optimizer state on the CPU
+    mixed_precision: Literal["fp32", "bf16"] = "fp32"  # compute dtype; master weights, grads, Adam stay fp32
+    activation_checkpointing: Literal["none", "full", "every_n"] = "none"
+    checkpoint_every_n: int = 2  # every_n: recompute every n-th block
+    compile: bool = False  # torch.compile each block
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # save every N steps (0 = only at the end); always at the end
+    keep: int = 2  # keep the last K checkpoints
+
+
+@dataclass
+class MetricsConfig:
+    log_every: int = 1  # steps between metrics.jsonl lines (each costs a host sync)
+    progress: bool = True  # tqdm bar on rank 0
+    tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = read the `polytask peak` cache
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# type checking of values
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp)) if origin is None else str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp``; ValueError when it is not one."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ValueError
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(tp):
+            try:
+                return _coerce(value, a)
+            except ValueError:
+                pass
+        raise ValueError
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ValueError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, kt): _coerce(v, vt) for k, v in value.items()}
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ValueError
+
+
+def _parse_cli_value(text: str) -> Any:
+    """A command-line value as TOML would read it (1, 0.5, true, [..], {..}); else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set(section_obj: Any, section: str, key: str, value: Any, where: str, from_cli: bool) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    names = [f.name for f in dataclasses.fields(section_obj)]
+    if key not in names:
+        raise PolytaskError(f"{where}: unknown key {section}.{key}; keys in [{section}]: {', '.join(names)}")
+    tp = hints[key]
+    candidates = [value]
+    if from_cli and isinstance(value, str):
+        candidates.append(_parse_cli_value(value))
+    elif from_cli:
+        candidates.append(str(value))  # `--model.preset 1b` style: a string that looks like a number
+    for v in candidates:
+        try:
+            setattr(section_obj, key, _coerce(v, tp))
+            return
+        except ValueError:
+            pass
+    raise PolytaskError(f"{where}: {section}.{key} = {value!r} is not valid; expected {_describe(tp)}")
+
+
+def _sections(cfg: TrainConfig) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def apply(cfg: TrainConfig, values: dict, where: str, from_cli: bool = False) -> TrainConfig:
+    """Merge ``{section: {key: value}}`` into ``cfg`` with type checks."""
+    sections = _sections(cfg)
+    for section, body in values.items():
+        if section not in sections:
+            raise PolytaskError(f"{where}: unknown section [{section}]; sections: {', '.join(sections)}")
+        if not isinstance(body, dict):
+            raise PolytaskError(f"{where}: [{section}] must be a table of keys, got {body!r}")
+        for key, value in body.items():
+            _set(sections[section], section, key, value, where, from_cli)
+    return cfg
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--optim.lr", "1e-3", "--parallel.strategy=zero3"]`` -> ``{"optim": {"lr": "1e-3"}, ...}``."""
+    out: dict[str, dict] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=")[0]:
+            raise PolytaskError(f"unrecognized argument {arg!r}; config overrides look like --section.key VALUE")
+        if "=" in arg:
+            name, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise PolytaskError(f"{arg} needs a value (--section.key VALUE)")
+            name, value = arg[2:], args[i + 1]
+            i += 2
+        section, key = name.split(".", 1)
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    cfg = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise PolytaskError(f"{path}: no such config file")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise PolytaskError(f"{path}: not valid TOML ({e})") from None
+        apply(cfg, values, str(path))
+    if overrides:
+        apply(cfg, parse_overrides(overrides), "command line", from_cli=True)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.optim.steps >= 1, "optim.steps must be >= 1"),
+        (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
+        (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (0 < cfg.optim.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]"),
+        (cfg.parallel.tensor_parallel >= 1, "parallel.tensor_parallel must be >= 1"),
+        (cfg.parallel.checkpoint_every_n >= 1, "parallel.checkpoint_every_n must be >= 1"),
+        (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = only at the end)"),
+        (cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
+        (cfg.metrics.log_every >= 1, "metrics.log_every must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise PolytaskError(message)
+    cfg.data.__post_init__()  # the data section's own checks, now on the merged values
+
+
+def from_dict(d: dict, where: str) -> TrainConfig:
+    return apply(TrainConfig(), d, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML output (tomllib only reads)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    lines = []
+    for section, body in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in body.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

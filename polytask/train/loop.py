@@ -1,0 +1,353 @@
+"""The training loop, written out in one place.
+
+One process or a torchrun job run the same code: ranks form a (data x tensor) mesh, each data
+rank reads its own shard of the task mixture, and the loss of a step is the summed
+cross-entropy divided by the number of target tokens of the whole step (all ranks, all
+micro-batches), so gradient accumulation equals a bigger batch exactly and every strategy
+computes the same update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from polytask import config as config_mod
+from polytask.config import TrainConfig
+from polytask.data import build_data
+from polytask.errors import PolytaskError
+from polytask.model import Llama, ModelConfig, build_model, preset
+from polytask.tokenizer import Tokenizer
+from polytask.train import checkpoint, peak
+from polytask.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
+from polytask.train.parallelize import build_mesh, parallelize
+from polytask.weights import config_from_hf, read_state_dict, resolve_model_dir
+
+# Fault injection for the fault-tolerance tests: this rank SIGKILLs itself after that step,
+# on the first attempt of a torchrun job only (so the restarted job can finish).
+FAULT_STEP_ENV, FAULT_RANK_ENV = "POLYTASK_FAULT_STEP", "POLYTASK_FAULT_RANK"
+
+
+def init_distributed(device_pref: str) -> torch.device:
+    """Join the torchrun job, or form a one-process group so that one code path serves both."""
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise PolytaskError("parallel.device = 'cuda' but no CUDA device is visible; use 'cpu' or 'auto'")
+    backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+    if "RANK" in os.environ:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    else:
+        device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return device
+
+
+def model_config_for(cfg: TrainConfig) -> ModelConfig:
+    if cfg.model.init_from:
+        model_dir = resolve_model_dir(cfg.model.init_from)
+        return config_from_hf(json.loads((model_dir / "config.json").read_text()), str(model_dir))
+    return preset(cfg.model.preset)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from, if any; refuse to mix a new run into an old run's folder."""
+    ckpts = checkpoint.checkpoint_dirs(run_dir)
+    if resume:
+        return ckpts[-1] if ckpts else None
+    held = [n for n in ("config.toml", "metrics.jsonl", "checkpoints") if (run_dir / n).exists()]
+    if held:
+        raise PolytaskError(
+            f"{run_dir}: holds another run ({', '.join(held)}); pass --resume to continue it "
+            f"or choose a new --run-dir (nothing was changed)"
+        )
+    return None
+
+
+def materializer(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device):
+    """The function that gives a (sharded, meta) model its initial weights.
+
+    Every rank builds the same full state on the CPU (fresh init from one seed, or pretrained
+    weights) and copies its own shards in: the weights do not depend on the strategy.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    def materialize(model: Llama) -> None:
+        if cfg.model.init_from:
+            model_dir = resolve_model_dir(cfg.model.init_from)
+            full = read_state_dict(model_dir)
+            if model_cfg.tie_embeddings:
+                full.pop("lm_head.weight", None)
+        else:
+            ref = build_model(model_cfg, device="cpu")
+            ref.init_weights(cfg.model.seed)
+            full = ref.state_dict()
+        if model_cfg.tie_embeddings:
+            full["lm_head.weight"] = full["model.embed_tokens.weight"]
+        model.to_empty(device=device)
+        if model_cfg.tie_embeddings:
+            # to_empty replaces each module's parameters one by one, which unties a shared
+            # weight (FSDP2 keeps its own ties); tie again before filling.
+            model.lm_head.weight = model.model.embed_tokens.weight
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=True))
+        model.reset_rope()
+
+    return materialize
+
+
+def tensor_bytes(t: torch.Tensor | None) -> int:
+    if t is None:
+        return 0
+    if isinstance(t, DTensor):
+        t = t.to_local()
+    return t.numel() * t.element_size()
+
+
+def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Parameters + gradients + optimizer state held by this rank (shards only, tied weights once)."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    total = sum(tensor_bytes(p) + tensor_bytes(p.grad) for p in params)
+    local = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer: this rank's partition
+    for state in local.state.values():
+        total += sum(tensor_bytes(v) for v in state.values() if isinstance(v, torch.Tensor))
+    return total
+
+
+def _rank0_print(msg: str) -> None:
+    if dist.get_rank() == 0:
+        print(msg, flush=True)
+
+
+class MetricsWriter:
+    """metrics.jsonl (+ optional TensorBoard) on rank 0."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step >= 0 and self.path.exists():
+            # Drop lines the killed attempt logged after its last checkpoint: they are redone.
+            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            tmp.rename(self.path)
+        self.file = self.path.open("a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise PolytaskError(
+                    "metrics.tensorboard = true needs the tensorboard package (pip install tensorboard)"
+                ) from None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+            for k, v in row.get("task_loss", {}).items():
+                self.tb.add_scalar(f"task_loss/{k}", v, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Run (or continue) a training job; returns the last logged metrics (rank 0; {} elsewhere)."""
+    device = init_distributed(cfg.parallel.device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = build_mesh(device.type, cfg.parallel.tensor_parallel)
+    dp_mesh = mesh["dp"]
+    dp_rank, dp_size, dp_group = dp_mesh.get_local_rank(), dp_mesh.size(), dp_mesh.get_group()
+
+    run_dir = Path(run_dir)
+    resume_from = check_run_dir(run_dir, resume)
+    model_cfg = model_config_for(cfg)
+    saved = checkpoint.read_train_state(resume_from) if resume_from else None
+    if saved is not None:
+        checkpoint.check_same_model(resume_from, saved, model_cfg)
+    tokenizer = Tokenizer(resolve_model_dir(cfg.model.init_from or cfg.model.tokenizer))
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise PolytaskError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}; "
+            f"set model.tokenizer to the model's own tokenizer"
+        )
+    if cfg.data.seq_len > model_cfg.max_seq_len:
+        raise PolytaskError(
+            f"data.seq_len = {cfg.data.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}"
+        )
+    loader = build_data(cfg.data, tokenizer, dp_rank, dp_size)
+    dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / ".config.toml.tmp"
+        tmp.write_text(config_mod.to_toml(cfg))
+        tmp.rename(run_dir / "config.toml")
+
+    torch.manual_seed(cfg.optim.seed)
+    model = parallelize(
+        build_model(model_cfg, device="meta"), mesh, cfg.parallel, materializer(cfg, model_cfg, device), device
+    )
+    zero1 = cfg.parallel.strategy == "zero1" and dp_size > 1
+    optimizer = build_optimizer(model, cfg.optim, dp_group if zero1 else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    start_step, tokens_seen = 0, 0
+    if saved is not None:
+        checkpoint.load(resume_from, model, optimizer)
+        start_step, tokens_seen = saved["step"], saved["tokens"]
+        # The loader's position is global (identical on every rank, any world size): see data/mixture.py.
+        loader.load_state_dict(saved["loader"])
+        if saved["world_size"] == world:
+            torch.set_rng_state(saved["rng"][rank])
+        _rank0_print(f"polytask train: resumed from {resume_from} at step {start_step}")
+
+    ddp = hasattr(model, "no_sync")
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if cfg.parallel.mixed_precision == "bf16" and cfg.parallel.strategy not in ("zero2", "zero3")
+        else contextlib.nullcontext()
+    )
+    task_names = list(loader.task_names)
+    num_tasks = len(task_names)
+    seq_len, micro_batch, accum = cfg.data.seq_len, cfg.data.micro_batch, cfg.optim.grad_accum
+    tokens_per_step = seq_len * micro_batch * accum * dp_size
+    flops_per_token = model_cfg.flops_per_token(seq_len)
+    train_dtype = torch.bfloat16 if cfg.parallel.mixed_precision == "bf16" else torch.float32
+    peak_flops = cfg.metrics.peak_flops or peak.cached(device, train_dtype)
+    fault_step = int(os.environ.get(FAULT_STEP_ENV, 0))
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
+        fault_step = 0
+
+    metrics = MetricsWriter(run_dir, cfg.metrics.tensorboard, start_step if saved else -1) if rank == 0 else None
+    bar = None
+    if rank == 0 and cfg.metrics.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.optim.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    if rank == 0 and peak_flops is None:
+        print(
+            f"polytask train: no matmul peak for {peak.device_key(device, train_dtype)}; run `polytask peak` "
+            f"(same threads/dtype) or set metrics.peak_flops to get MFU",
+            flush=True,
+        )
+
+    # Accumulated between log steps, on the device (no host sync in the hot path).
+    loss_sum = torch.zeros((), device=device)
+    target_sum = torch.zeros((), device=device)
+    task_loss = torch.zeros(num_tasks + 1, device=device)  # last slot collects task id -1 (unused)
+    task_count = torch.zeros(num_tasks + 1, device=device)
+    last: dict = {}
+    t_last, steps_since = time.perf_counter(), 0
+    model.train()
+    for step in range(start_step, cfg.optim.steps):
+        micro = [next(loader) for _ in range(accum)]
+        batches = [(b.tokens.to(device), b.targets.to(device), b.task_ids.to(device)) for b in micro]
+        count = sum((t != -100).sum() for _, t, _ in batches).float()
+        dist.all_reduce(count, group=dp_group)
+        # DDP and FSDP average gradients over data ranks; the step's loss is a global sum / count.
+        scale = dp_size / count.clamp(min=1)
+        for i, (tokens, targets, task_ids) in enumerate(batches):
+            sync = contextlib.nullcontext() if not ddp or i == accum - 1 else model.no_sync()
+            with sync:
+                with autocast:
+                    logits = model(tokens)  # (batch, seq, vocab)
+                ce = F.cross_entropy(
+                    logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+                )
+                (ce.sum() * scale).backward()
+            ce = ce.detach()
+            loss_sum += ce.sum()
+            ids = task_ids.flatten().clamp(min=-1) % (num_tasks + 1)
+            task_loss.index_add_(0, ids, ce)
+            task_count.index_add_(0, ids, (targets.flatten() != -100).float())
+        target_sum += count
+        grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm)
+        lr = lr_at(step, cfg.optim)
+        set_lr(optimizer, lr)
+        optimizer.step()
+        done = step + 1
+        tokens_seen += tokens_per_step
+        steps_since += 1
+        if done % cfg.metrics.log_every == 0 or done == cfg.optim.steps:
+            state_bytes = model_state_bytes(model, optimizer)
+            sums = torch.cat([loss_sum.view(1), task_loss, task_count])
+            dist.all_reduce(sums, group=dp_group)
+            loss_sum.zero_(), task_loss.zero_(), task_count.zero_()
+            # loss_sum was reduced; target_sum already holds global counts
+            loss = (sums[0] / target_sum.clamp(min=1)).item()
+            target_sum.zero_()
+            per_task = {
+                name: round((sums[1 + i] / sums[2 + num_tasks + i]).item(), 6)
+                for i, name in enumerate(task_names)
+                if sums[2 + num_tasks + i] > 0
+            }
+            now = time.perf_counter()
+            tps = tokens_per_step * steps_since / (now - t_last)
+            t_last, steps_since = now, 0
+            last = {
+                "step": done,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens": tokens_seen,
+                "tokens_per_s": round(tps, 1),
+                "mfu": round(tps * flops_per_token / world / peak_flops, 4) if peak_flops else None,
+                "model_state_bytes": state_bytes,
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "task_loss": per_task,
+            }
+            if device.type == "cuda":
+                last["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
+            if metrics is not None:
+                metrics.write(last)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+        if bar is not None:
+            bar.update(1)
+        optimizer.zero_grad(set_to_none=True)
+        if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == cfg.optim.steps:
+            save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size)
+        if done == fault_step and rank == int(os.environ.get(FAULT_RANK_ENV, 0)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if bar is not None:
+        bar.close()
+    if metrics is not None:
+        metrics.close()
+    return last if rank == 0 else {}
+
+
+def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_cfg, world, dp_size) -> None:
+    rng = [None] * world
+    dist.all_gather_object(rng, torch.get_rng_state())
+    train_state = {
+        "step": step,
+        "tokens": tokens,
+        "scheduler": {"step": step},  # the schedule is a pure function of the step
+        "loader": loader.state_dict(),
+        "rng": rng,
+        "world_size": world,
+        "dp_size": dp_size,
+        "config": cfg.to_dict(),
+        "model_config": model_cfg.to_dict(),
+    }
+    checkpoint.save(run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep)
