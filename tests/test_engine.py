@@ -1,0 +1,107 @@
+"""The generation engine on a tiny random model (fast) and on the embedded default (real text)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polytask.engine import Engine, SamplingParams
+from polytask.model import KVCache, build_model, preset
+from polytask.runtime import LM
+
+
+@pytest.fixture(scope="module")
+def tiny_engine() -> Engine:
+    model = build_model(preset("tiny"), device="cpu")
+    model.init_weights(seed=0)
+    return Engine(model.eval(), stop_ids=[2], pad_id=2)
+
+
+def test_cached_decoding_equals_full_forward(tiny_engine):
+    model = tiny_engine.model
+    ids = torch.randint(3, 1000, (2, 12))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, 2, 16, torch.float32)
+        first = model(ids[:, :7], cache=cache)
+        chunk = model(ids[:, 7:10], cache=cache)  # a multi-token chunk after cached tokens
+        steps = [model(ids[:, i : i + 1], cache=cache) for i in range(10, 12)]
+    stepped = torch.cat([first, chunk, *steps], dim=1)
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_prompts_of_different_lengths_equal_one_by_one(tiny_engine):
+    prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700], [42]]
+    params = SamplingParams(max_new_tokens=8, stop_ids=[])
+    batched = tiny_engine.generate(prompts, params)
+    for p, got in zip(prompts, batched, strict=True):
+        assert got.tokens == tiny_engine.generate([p], params)[0].tokens
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_engine):
+    p = [[10, 11, 12]]
+    a = tiny_engine.generate(p, SamplingParams(max_new_tokens=12, temperature=1.0, seed=7, stop_ids=[]))
+    b = tiny_engine.generate(p, SamplingParams(max_new_tokens=12, temperature=1.0, seed=7, stop_ids=[]))
+    c = tiny_engine.generate(p, SamplingParams(max_new_tokens=12, temperature=1.0, seed=8, stop_ids=[]))
+    assert a[0].tokens == b[0].tokens
+    assert a[0].tokens != c[0].tokens
+
+
+def test_top_k_one_is_greedy(tiny_engine):
+    p = [[10, 11, 12]]
+    greedy = tiny_engine.generate(p, SamplingParams(max_new_tokens=10, stop_ids=[]))
+    top1 = tiny_engine.generate(p, SamplingParams(max_new_tokens=10, temperature=0.9, top_k=1, seed=1, stop_ids=[]))
+    assert greedy[0].tokens == top1[0].tokens
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]])  # softmax ~ [0.72, 0.26, 0.005, 0.002]
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(Engine._sample(logits, SamplingParams(temperature=1.0, top_p=0.9), gen, None)) for _ in range(200)}
+    assert draws == {0, 1}
+
+
+def test_repetition_penalty_discourages_seen_tokens():
+    logits = torch.tensor([[3.0, 2.9, -1.0]])
+    seen = torch.tensor([[0]])
+    picked = Engine._sample(logits, SamplingParams(repetition_penalty=1.5), None, seen)
+    assert int(picked) == 1
+
+
+def test_stop_tokens_end_generation(tiny_engine):
+    p = [[10, 11, 12]]
+    free = tiny_engine.generate(p, SamplingParams(max_new_tokens=10, stop_ids=[]))[0]
+    stop_at = free.tokens[3]
+    stopped = tiny_engine.generate(p, SamplingParams(max_new_tokens=10, stop_ids=[stop_at]))[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.tokens == free.tokens[: free.tokens.index(stop_at)]
+    assert free.finish_reason == "length" and len(free.tokens) == 10
+
+
+def test_streaming_equals_generate(tiny_engine):
+    params = SamplingParams(max_new_tokens=9, stop_ids=[])
+    assert list(tiny_engine.stream([7, 8, 9], params)) == tiny_engine.generate([[7, 8, 9]], params)[0].tokens
+
+
+def test_generation_stops_at_the_context_window(tiny_engine):
+    prompt = list(range(3, 3 + 508))  # tiny's window is 512
+    out = tiny_engine.generate([prompt], SamplingParams(max_new_tokens=50, stop_ids=[]))[0]
+    assert len(out.tokens) == 4 and out.finish_reason == "length"
+
+
+def test_default_model_answers_and_batches(default_lm: LM):
+    replies = default_lm.chat(
+        [[{"role": "user", "content": "What is the capital of France?"}],
+         [{"role": "user", "content": "What color is the sky on a clear day?"}]],
+        max_new_tokens=24,
+    )
+    assert "Paris" in replies[0]
+    assert "blue" in replies[1]
+    assert default_lm.chat("What is the capital of France?", max_new_tokens=24) == replies[0]
+
+
+def test_stream_chat_pieces_join_to_the_reply(default_lm: LM):
+    msg = "Name three primary colors."
+    pieces = list(default_lm.stream_chat(msg, max_new_tokens=20))
+    assert len(pieces) > 3
+    assert "".join(pieces).strip() == default_lm.chat(msg, max_new_tokens=20)
