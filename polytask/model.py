@@ -151,6 +151,17 @@ class KVCache:
         self.pos = 0  # next slot to write (same for all rows: rows are left-aligned by padding)
         self.pad: torch.Tensor | None = None  # (batch,) number of left-pad slots per row
 
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values (batch, kv_heads, t, head_dim); return all keys/values so far."""
+        start, t = self.pos, k.shape[2]
+        self.k[layer, :, :, start : start + t] = k
+        self.v[layer, :, :, start : start + t] = v
+        return self.k[layer, :, :, : start + t], self.v[layer, :, :, : start + t]
+
+    def advance(self, t: int) -> None:
+        """Called once per forward, after every layer stored its ``t`` new positions."""
+        self.pos += t
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index`` (finished sequences leave the batch)."""
         self.k = self.k[:, index]
@@ -185,10 +196,7 @@ class Attention(nn.Module):
         start = 0
         if cache is not None:
             start = cache.pos
-            cache.k[layer, :, :, start : start + t] = k
-            cache.v[layer, :, :, start : start + t] = v
-            k = cache.k[layer, :, :, : start + t]
-            v = cache.v[layer, :, :, : start + t]
+            k, v = cache.update(layer, k, v)
         causal = mask is None and t > 1
         if causal and start > 0:
             # SDPA's is_causal aligns top-left; a chunk after cached tokens needs bottom-right alignment.
@@ -279,7 +287,7 @@ class Llama(nn.Module):
         for i, block in enumerate(self.model.layers.values()):
             h = block(h, cos, sin, mask, cache, i)
         if cache is not None:
-            cache.pos += t
+            cache.advance(t)
         h = self.model.norm(h)
         if targets is not None:
             logits = self.lm_head(h).float()
