@@ -1,0 +1,364 @@
+"""LoRA (Hu et al. 2021) as a module swap on the plain model, saved and loaded in the PEFT layout.
+
+``apply_lora(model, LoraConfig(rank=8))`` replaces the targeted ``nn.Linear`` layers of every block
+with ``LoRALinear``: the same frozen weight (same parameter object, same name, so checkpoints and
+weight loading are unchanged) plus ``lora_A`` (rank x in, Kaiming-uniform as in PEFT) and
+``lora_B`` (out x rank, zeros, so training starts from the base model exactly), scaled by
+alpha / rank. Everything else is frozen. ``LoRALinear`` is still an ``nn.Linear``, so tensor
+parallel plans, FSDP2 and DDP apply to it as to the layer it replaces.
+
+On disk an adapter is what ``peft`` writes: ``adapter_config.json`` and
+``adapter_model.safetensors`` with keys ``base_model.model.<module>.lora_A.weight``. The base
+model it was trained on is fingerprinted in the safetensors metadata (``polytask_base``:
+architecture and a hash of it, plus the final norm's weights), not in ``adapter_config.json``,
+where ``peft`` would warn about an unknown key; ``apply_adapter`` refuses an adapter whose base
+architecture differs and warns when only the weights differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polytask.errors import PolytaskError
+from polytask.model import Llama, ModelConfig
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+# The fields that decide whether weights fit and mean the same thing (max_seq_len does not).
+ARCH_FIELDS = ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "head_dim",
+               "tie_embeddings", "attention_bias", "rope_theta", "norm_eps")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0  # r: adapter rank; 0 = no LoRA (full fine-tuning). Typical: 8-64
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input (training only)
+    # Linear layers of each block that get an adapter (names as in model.layers.N.self_attn/mlp).
+    target_modules: list[str] = field(default_factory=lambda: list(TARGETS))
+
+    def check(self) -> None:
+        if self.rank < 1:
+            raise PolytaskError(f"lora.rank must be >= 1 to apply LoRA, got {self.rank}")
+        if self.alpha <= 0:
+            raise PolytaskError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise PolytaskError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        bad = [t for t in self.target_modules if t not in TARGETS]
+        if bad or not self.target_modules:
+            raise PolytaskError(
+                f"lora.target_modules: unknown module(s) {bad or '(empty list)'}; choose from {', '.join(TARGETS)}"
+            )
+
+
+class LoRALinear(nn.Linear):
+    """``y = x W^T + b + scaling * dropout(x) A^T B^T`` with W (and b) frozen."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, scaling: float | None = None) -> None:
+        nn.Module.__init__(self)  # not nn.Linear.__init__: reuse the base's parameters, allocate nothing
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)
+        self.rank, self.alpha = rank, alpha
+        self.scaling = alpha / rank if scaling is None else scaling
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))  # (rank, in)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **kw))  # (out, rank)
+        if not self.lora_A.is_meta:
+            self.reset_lora()
+
+    def reset_lora(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.lora_A.copy_(init_lora_A(self.rank, self.in_features, generator))
+            self.lora_B.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        return out + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    def merged(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with W + scaling * B A (computed in fp32, stored in W's dtype)."""
+        with torch.no_grad():
+            w = self.weight.float() + (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+            out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+            out.weight = nn.Parameter(w.to(self.weight.dtype), requires_grad=False)
+            if self.bias is not None:
+                out.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}"
+
+
+def init_lora_A(rank: int, in_features: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PEFT's default: ``nn.init.kaiming_uniform_(A, a=sqrt(5))``, i.e. U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(in_features)  # gain sqrt(2 / (1 + 5)) * sqrt(3 / fan_in)
+    return (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
+
+
+def _targets(model: Llama, names: list[str]):
+    for i, block in model.model.layers.items():
+        for parent_name, parent in (("self_attn", block.self_attn), ("mlp", block.mlp)):
+            for child_name, child in parent.named_children():
+                if child_name in names:
+                    yield f"model.layers.{i}.{parent_name}.{child_name}", parent, child_name, child
+
+
+def apply_lora(model: Llama, cfg: LoraConfig, scaling: float | None = None) -> Llama:
+    """Swap the targeted linears for ``LoRALinear`` and freeze everything but the adapters (in place).
+
+    Works on a meta-device model (adapters are then filled by ``initial_lora_state``) and on a
+    loaded one (adapters initialized here). Apply before parallelizing the model.
+    """
+    cfg.check()
+    model.requires_grad_(False)
+    for _, parent, child_name, child in _targets(model, cfg.target_modules):
+        if isinstance(child, LoRALinear):
+            raise PolytaskError("the model already has LoRA adapters; merge them first (polytask merge)")
+        setattr(parent, child_name, LoRALinear(child, cfg.rank, cfg.alpha, cfg.dropout, scaling))
+    return model
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    inner = model.module if hasattr(model, "module") else model  # DDP
+    return {name: m for name, m in inner.named_modules() if isinstance(m, LoRALinear)}
+
+
+def initial_lora_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Fresh adapter weights by parameter name, the same on every rank and for every strategy
+    (one CPU generator, modules in name order), for ``set_model_state_dict`` on a sharded model."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out = {}
+    for name, m in lora_modules(model).items():
+        out[f"{name}.lora_A"] = init_lora_A(m.rank, m.in_features, gen)
+        out[f"{name}.lora_B"] = torch.zeros(m.out_features, m.rank)
+    return out
+
+
+def merge_lora(model: Llama) -> Llama:
+    """Fold every adapter into its base weight (in place); the result is a plain ``Llama``."""
+    for name, m in lora_modules(model).items():
+        parent_name, child_name = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent_name), child_name, m.merged())
+    return model
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    # Collective for a sharded parameter: every rank must call this, in the same order.
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().float().cpu()
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters' weights, unsharded, fp32, by parameter name (``model.layers.0.self_attn.q_proj.lora_A``).
+
+    Collective when the model is sharded (FSDP2 / tensor parallel): call it on every rank.
+    """
+    out = {}
+    for name, m in lora_modules(model).items():
+        out[f"{name}.lora_A"] = _full(m.lora_A)
+        out[f"{name}.lora_B"] = _full(m.lora_B)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the base model's fingerprint
+
+
+def base_fingerprint(cfg: ModelConfig, final_norm: torch.Tensor) -> dict:
+    arch = {k: getattr(cfg, k) for k in ARCH_FIELDS}
+    return {
+        "hidden_size": cfg.dim,
+        "num_layers": cfg.num_layers,
+        "vocab_size": cfg.vocab_size,
+        "arch": arch,
+        "arch_sha256": hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16],
+        # Weights of the same architecture differ here (a probe, compared with a tolerance: dtypes vary).
+        "final_norm_sum": round(float(final_norm.float().sum()), 4),
+        "final_norm_abs_sum": round(float(final_norm.float().abs().sum()), 4),
+    }
+
+
+def model_fingerprint(model: nn.Module) -> dict:
+    """Collective under FSDP2 (the final norm may be sharded)."""
+    inner = model.module if hasattr(model, "module") else model
+    return base_fingerprint(inner.config, _full(inner.model.norm.weight))
+
+
+# ---------------------------------------------------------------------------------------------
+# the PEFT layout
+
+
+def peft_config(cfg: LoraConfig, base_name: str) -> dict:
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_name,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": sorted(cfg.target_modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": None,
+    }
+
+
+def save_adapter(
+    out: str | Path, state: dict[str, torch.Tensor], cfg: LoraConfig, fingerprint: dict, base_name: str,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write ``state`` (from ``lora_state_dict``) as a PEFT adapter folder, atomically."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from polytask.weights import _atomic_dir, _publish
+
+    out = Path(out)
+    tensors = {f"{PEFT_PREFIX}{name}.weight": t.to(dtype).contiguous() for name, t in state.items()}
+    tmp = _atomic_dir(out)
+    try:
+        meta = {"format": "pt", "polytask_base": json.dumps(fingerprint, sort_keys=True)}
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=meta)
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config(cfg, base_name), indent=2) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_model_adapter(model: nn.Module, out: str | Path, cfg: LoraConfig, base_name: str) -> Path:
+    """``lora_state_dict`` + fingerprint + ``save_adapter`` for an unsharded model (one process)."""
+    return save_adapter(out, lora_state_dict(model), cfg, model_fingerprint(model), base_name)
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
+    """(adapter_config, tensors by PEFT key, polytask base fingerprint or None)."""
+    from safetensors import SafetensorError, safe_open
+
+    d = Path(adapter_dir)
+    if not d.is_dir():
+        raise PolytaskError(f"{d}: no such adapter folder")
+    cfg_path, weights = d / ADAPTER_CONFIG, d / ADAPTER_WEIGHTS
+    if not cfg_path.exists():
+        raise PolytaskError(f"{d}: no {ADAPTER_CONFIG}; an adapter folder holds the PEFT layout")
+    if not weights.exists():
+        hint = ""
+        if (d / "adapter_model.bin").exists():
+            hint = " (adapter_model.bin is not read: re-save it with safetensors)"
+        raise PolytaskError(f"{d}: no {ADAPTER_WEIGHTS}{hint}")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PolytaskError(f"{cfg_path}: not valid JSON ({e})") from None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PolytaskError(f"{weights}: not a readable safetensors file ({e})") from None
+    base = json.loads(meta["polytask_base"]) if "polytask_base" in meta else None
+    return config, tensors, base
+
+
+def _lora_config_from_peft(config: dict, where: str) -> tuple[LoraConfig, float]:
+    if config.get("peft_type") != "LORA":
+        raise PolytaskError(f"{where}: peft_type {config.get('peft_type')!r} is not supported (only LORA)")
+    unsupported = [
+        k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform",
+                    "layer_replication", "trainable_token_indices", "lora_bias")
+        if config.get(k)
+    ]
+    if config.get("bias", "none") != "none":
+        unsupported.append("bias")
+    if unsupported:
+        raise PolytaskError(f"{where}: adapter options not supported: {', '.join(unsupported)}")
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        raise PolytaskError(f"{where}: target_modules as a regex ({targets!r}) is not supported; list the names")
+    r, alpha = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
+    cfg = LoraConfig(rank=r, alpha=alpha, dropout=0.0, target_modules=[str(t) for t in targets])
+    try:
+        cfg.check()
+    except PolytaskError as e:
+        raise PolytaskError(f"{where}: {e}") from None
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    return cfg, scaling
+
+
+def check_base(base: dict | None, model: Llama, adapter_dir: Path, model_dir: str | Path) -> None:
+    if base is None:
+        return  # an adapter made by peft itself: the shape checks decide
+    ours = model_fingerprint(model)
+    if base.get("arch_sha256") != ours["arch_sha256"]:
+        theirs_arch, our_arch = base.get("arch", {}), ours["arch"]
+        diff = [f"{k} {theirs_arch.get(k)!r} vs {v!r}" for k, v in our_arch.items() if theirs_arch.get(k) != v]
+        raise PolytaskError(
+            f"{adapter_dir}: adapter was trained for another base model (adapter base vs {model_dir}: "
+            f"{'; '.join(diff[:4])}); use it with the model it was trained on"
+        )
+    for key in ("final_norm_sum", "final_norm_abs_sum"):
+        a, b = base.get(key), ours[key]
+        if a is not None and abs(a - b) > 1e-2 * max(1.0, abs(a)):
+            print(
+                f"polytask: warning: {adapter_dir} was trained on other weights of this architecture "
+                f"(final norm differs from {model_dir}); results may be poor",
+                file=sys.stderr,
+            )
+            return
+
+
+def apply_adapter(model: Llama, adapter_dir: str | Path, model_dir: str | Path, merge: bool = True) -> Llama:
+    """Load a PEFT LoRA adapter onto ``model`` (loaded, unsharded); merged into the base weights by default
+    (same speed as the base model), else as ``LoRALinear`` modules."""
+    adapter_dir = Path(adapter_dir)
+    config, tensors, base = read_adapter(adapter_dir)
+    cfg, scaling = _lora_config_from_peft(config, str(adapter_dir / ADAPTER_CONFIG))
+    check_base(base, model, adapter_dir, model_dir)
+    want = {}
+    for name, _, _, child in _targets(model, cfg.target_modules):
+        want[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (cfg.rank, child.in_features)
+        want[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (child.out_features, cfg.rank)
+    missing, unexpected = sorted(want.keys() - tensors.keys()), sorted(tensors.keys() - want.keys())
+    if missing or unexpected:
+        raise PolytaskError(
+            f"{adapter_dir}: adapter weights do not fit {model_dir} (missing: {missing[:2]}, unexpected: "
+            f"{unexpected[:2]}); is it for another base model?"
+        )
+    for k, shape in want.items():
+        if tuple(tensors[k].shape) != shape:
+            raise PolytaskError(
+                f"{adapter_dir}: {k} has shape {tuple(tensors[k].shape)}, {model_dir} needs {shape}; "
+                f"the adapter is for another base model"
+            )
+    apply_lora(model, cfg, scaling)
+    dtype = model.model.norm.weight.dtype
+    with torch.no_grad():
+        for name, m in lora_modules(model).items():
+            m.lora_A.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"].to(dtype))
+            m.lora_B.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"].to(dtype))
+    return merge_lora(model) if merge else model
