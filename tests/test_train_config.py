@@ -1,0 +1,163 @@
+"""Config loading, the schedules, and every bad input of ``polytask train`` / ``export`` / ``plan``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+
+from polytask.cli import main
+from polytask.config import OptimConfig, load_config, to_toml
+from polytask.errors import PolytaskError
+from polytask.train.optim import lr_at
+
+needs_data = pytest.mark.skipif(not (DATA / "clinc150_oos").exists(), reason=f"no CLINC150 data under {DATA}")
+
+TINY = f"""
+[model]
+preset = "tiny"
+[data]
+tasks = {{clinc150 = 1.0}}
+seq_len = 32
+micro_batch = 2
+max_examples = 200
+data_root = "{DATA}"
+[optim]
+steps = 2
+[metrics]
+progress = false
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_precedence_cli_over_file_over_defaults(tmp_path):
+    cfg = load_config(
+        write(tmp_path, TINY), ["--optim.lr", "1e-3", "--parallel.strategy=zero3", "--data.seq_len", "48"]
+    )
+    assert cfg.optim.lr == 1e-3 and cfg.parallel.strategy == "zero3" and cfg.data.seq_len == 48
+    assert cfg.optim.steps == 2  # file
+    assert cfg.optim.beta2 == 0.95  # default
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = load_config(write(tmp_path, TINY), ["--data.tasks", "{clinc150 = 2.0, banking77 = 1.0}"])
+    again = load_config(write(tmp_path, to_toml(cfg), "resolved.toml"))
+    assert again.to_dict() == cfg.to_dict()
+    assert again.data.tasks == {"clinc150": 2.0, "banking77": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("[optim]\nlrr = 1.0\n", [], r"unknown key optim\.lrr; keys in \[optim\]: steps, grad_accum, lr"),
+        ("[optimizer]\nlr = 1.0\n", [], r"unknown section \[optimizer\]; sections: model, data, optim"),
+        ("[optim]\nsteps = 'ten'\n", [], r"optim\.steps = 'ten' is not valid; expected int"),
+        ("", ["--parallel.strategy", "zero4"], r"parallel\.strategy = 'zero4' is not valid; expected one of 'ddp', "),
+        ("", ["--parallel.compile", "maybe"], r"parallel\.compile = 'maybe' is not valid; expected bool"),
+        ("", ["--optim.nope", "1"], r"unknown key optim\.nope"),
+        ("", ["--optim.steps"], r"--optim\.steps needs a value"),
+        ("", ["--optim.steps", "0"], r"optim\.steps must be >= 1"),
+        ("[data]\nseq_len = 4\n", [], r"data\.seq_len must be at least 8"),
+        ("[optim\n", [], r"not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, capsys, text, overrides, message):
+    path = write(tmp_path, text)
+    with pytest.raises(PolytaskError, match=message):
+        load_config(path, overrides)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--run-dir", str(run_dir), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml: no such config file" in capsys.readouterr().err
+
+
+def test_schedules():
+    cos = OptimConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(9, cos) == pytest.approx(1.0)
+    assert lr_at(10, cos) == pytest.approx(1.0) and lr_at(99, cos) == pytest.approx(0.1, abs=1e-3)
+    assert lr_at(55, cos) == pytest.approx(0.55)  # halfway through the cosine: (1 + 0.1) / 2
+    wsd = OptimConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2)
+    assert lr_at(50, wsd) == 1.0 and lr_at(79, wsd) == 1.0
+    assert lr_at(89, wsd) == pytest.approx(0.5) and lr_at(99, wsd) == pytest.approx(0.0)
+
+
+def test_decay_groups():
+    from polytask.model import build_model, preset
+    from polytask.train.optim import param_groups
+
+    decay, no_decay = param_groups(build_model(preset("tiny"), device="meta"), 0.1)
+    assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 2 * 2 + 1  # norms only
+
+
+def test_plan_command(capsys):
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                "smollm2-135m",
+                "--devices",
+                "8",
+                "--device-memory",
+                "80GiB",
+                "--seq-len",
+                "1024",
+                "--micro-batch",
+                "4",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "zero3" in out and 'recommendation: parallel.strategy = "ddp"' in out
+    assert main(["plan", "--model", "llama3-8b", "--devices", "8", "--device-memory", "80GiB"]) == 0
+    assert 'recommendation: parallel.strategy = "zero' in capsys.readouterr().out
+    assert main(["plan", "--device-memory", "lots"]) == 2
+    assert "--device-memory 'lots'" in capsys.readouterr().err
+
+
+def test_export_of_a_non_checkpoint(tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "not a polytask checkpoint" in capsys.readouterr().err
+
+
+@needs_data
+def test_missing_data_leaves_nothing_behind(tmp_path, capsys, default_dir):
+    run_dir = tmp_path / "run"
+    args = ["train", "--config", str(write(tmp_path, TINY)), "--run-dir", str(run_dir)]
+    assert main([*args, "--data.data_root", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere/clinc150_oos not found" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+@needs_data
+def test_run_dir_of_another_run_and_checkpoint_of_another_model(tmp_path, capsys, default_dir):
+    run_dir = tmp_path / "run"
+    args = ["train", "--config", str(write(tmp_path, TINY)), "--run-dir", str(run_dir)]
+    assert main(args) == 0  # one process, 2 steps: a real run with a final checkpoint
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+    assert main(args) == 2  # the same folder again, without --resume
+    err = capsys.readouterr().err
+    assert "holds another run (config.toml, metrics.jsonl, checkpoints); pass --resume" in err
+
+    assert main([*args, "--resume", "--model.preset", "tiny-untied", "--optim.steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint is from another model (tie_embeddings: checkpoint True vs config False)" in err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing lost or changed
