@@ -79,3 +79,27 @@ def test_eval_adapter_without_lora(capsys, tmp_path):
         pytest.skip("polytask.lora exists: adapters are tested by its owner")
     assert main(["eval", "--task", "clinc150", "--adapter", str(tmp_path)]) == 2
     assert "adapters not supported yet" in capsys.readouterr().err
+
+
+def test_eval_with_adapter(tiny_dir, faq, tmp_path, capsys):
+    lora = pytest.importorskip("polytask.lora")
+    import torch
+
+    from polytask.weights import load_model
+
+    net, _ = load_model(str(tiny_dir))
+    cfg = lora.LoraConfig(rank=2)
+    lora.apply_lora(net, cfg)
+    with torch.no_grad():
+        for m in lora.lora_modules(net).values():
+            m.lora_B.weight.normal_(0, 0.5)  # a non-zero update, so the adapter changes the answers
+    adapter = lora.save_model_adapter(net, tmp_path / "adapter", cfg, str(tiny_dir))
+    spec = f"faq:type=jsonl,path={faq},prompt_field=q,target_field=a"
+    argv = ["eval", "--model", str(tiny_dir), "--task", spec, "--split", "train", "--max-new-tokens", "6", "--json"]
+    preds = {}
+    for name, extra in (("base", []), ("adapter", ["--adapter", str(adapter)])):
+        assert main(argv + extra + ["--predictions", str(tmp_path / f"{name}.jsonl")]) == 0
+        result = json.loads(capsys.readouterr().out)
+        preds[name] = (tmp_path / f"{name}.jsonl").read_text()
+    assert result["adapter"] == str(adapter)
+    assert preds["base"] != preds["adapter"]
