@@ -1,0 +1,36 @@
+"""The HTTP service: ``polytask serve`` (FastAPI + uvicorn) over the continuous-batching scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from polytask.scheduler import Scheduler, SchedulerConfig
+from polytask.serve.app import ServeState, create_app
+from polytask.serve.keys import KeyStore
+
+__all__ = ["ServeState", "create_app", "load_state"]
+
+
+def load_state(
+    model: str = "default",
+    adapter: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    store: str | Path | None = None,
+    scheduler: SchedulerConfig | None = None,
+    **options,
+) -> ServeState:
+    """Load the model once, start its scheduler, and open the key store beside the document store."""
+    from polytask.runtime import LM
+    from polytask.store import default_store_path
+
+    lm = LM.load(model, adapter=adapter, dtype=dtype)
+    # Every caller of lm.engine (the applications' lm.chat, the OpenAI endpoints) now shares one batch.
+    lm.engine = Scheduler(lm.engine, scheduler)
+    store_path = Path(store) if store else default_store_path()
+    model_id = Path(model).name if model != "default" else "polytask-default"
+    if adapter:
+        model_id += "+" + Path(adapter).name
+    return ServeState(lm=lm, scheduler=lm.engine, keys=KeyStore(store_path), store_path=store_path,
+                      uploads_dir=store_path.parent / "uploads", model_id=model_id, **options)

@@ -1,0 +1,310 @@
+"""The HTTP service: FastAPI app, keys, limits, metrics, the OpenAI-compatible API and the web page.
+
+Every generation goes through one ``Scheduler`` (continuous batching): the OpenAI endpoints
+submit token ids to it directly and stream tokens back; the application endpoints
+(``polytask.serve.apps_api``) call the applications with an ``LM`` whose engine is that same
+scheduler. Synchronous handlers run in the server's thread pool; the event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from polytask import __version__
+from polytask.engine import SamplingParams
+from polytask.errors import PolytaskError
+from polytask.scheduler import QueueFull, RequestTimeout, Scheduler
+from polytask.serve.keys import ApiKey, KeyStore
+from polytask.serve.metrics import Metrics
+from polytask.serve.records import Records
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServeState:
+    lm: object  # polytask.runtime.LM whose .engine is the scheduler
+    scheduler: Scheduler
+    keys: KeyStore
+    store_path: Path
+    uploads_dir: Path
+    kb_dir: Path | None = None  # the agent's knowledge base
+    max_upload_bytes: int = 10 * 2**20
+    default_max_tokens: int = 256
+    model_id: str = "polytask"
+    metrics: Metrics = field(default_factory=Metrics)
+    records: Records | None = None
+
+    def __post_init__(self) -> None:
+        self.records = self.records or Records(self.store_path)
+
+
+def error_body(status: int, message: str, kind: str | None = None) -> dict:
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+             413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error", 504: "timeout"}
+    # "error" is the OpenAI shape (its clients read it); "detail" is FastAPI's.
+    return {"error": {"message": message, "type": kind or kinds.get(status, "server_error"), "code": status},
+            "detail": message}
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx", {}).get("error", "")
+            msg = f"malformed JSON ({ctx})" if ctx else "malformed JSON"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts) or "invalid request"
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `polytask keys create`.")
+
+
+def current_key(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if creds is None:
+        raise HTTPException(401, "missing API key: send 'Authorization: Bearer KEY' "
+                                 "(create a key with `polytask keys create --collection NAME`)", challenge)
+    key = request.app.state.polytask.keys.verify(creds.credentials)
+    if key is None:
+        raise HTTPException(401, "invalid or revoked API key", challenge)
+    return key
+
+
+Key = Annotated[ApiKey, Depends(current_key)]
+
+
+def route_name(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenAI-compatible request bodies
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    model: str = Field(description="the id from /v1/models")
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    user: str | None = None
+
+
+def create_app(state: ServeState) -> FastAPI:
+    app = FastAPI(title="polytask", version=__version__,
+                  description="Document Q&A with sources, summaries, suggested replies, a virtual agent, "
+                              "and an OpenAI-compatible chat API, on one continuously batched model.")
+    app.state.polytask = state
+
+    # -- errors: one JSON shape everywhere ----------------------------------------------------------
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse(error_body(422, validation_message(exc)), 422)
+
+    @app.exception_handler(PolytaskError)
+    async def user_error(request: Request, exc: PolytaskError):
+        return JSONResponse(error_body(400, str(exc)), 400)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull):
+        return JSONResponse(error_body(429, str(exc)), 429, headers={"Retry-After": str(int(exc.retry_after_s))})
+
+    @app.exception_handler(RequestTimeout)
+    async def timed_out(request: Request, exc: RequestTimeout):
+        return JSONResponse(error_body(504, str(exc)), 504)
+
+    # -- size limit and metrics ---------------------------------------------------------------------
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next):
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        # Refused before the body is read: an upload's limit plus room for the multipart framing.
+        if length and length.isdigit() and int(length) > state.max_upload_bytes + 64 * 1024:
+            response = JSONResponse(error_body(413, f"request body is {int(length)} bytes; the limit is "
+                                                    f"{state.max_upload_bytes} bytes"), 413)
+        else:
+            response = await call_next(request)
+        state.metrics.observe(request.method, route_name(request), response.status_code, time.perf_counter() - start)
+        return response
+
+    # -- service endpoints ---------------------------------------------------------------------------
+    @app.get("/health", tags=["service"])
+    def health() -> dict:
+        s = state.scheduler
+        return {"status": "ok", "model": state.model_id, "active": s.active, "queue_depth": s.queue_depth}
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    def metrics(key: Key) -> PlainTextResponse:
+        return PlainTextResponse(state.metrics.render(state.scheduler),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # -- OpenAI-compatible --------------------------------------------------------------------------
+    @app.get("/v1/models", tags=["openai"])
+    def models(key: Key) -> dict:
+        return {"object": "list", "data": [{"id": state.model_id, "object": "model", "created": 0,
+                                            "owned_by": "polytask"}]}
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key):
+        if body.model not in (state.model_id, "default"):
+            raise HTTPException(404, f"model {body.model!r} not found; this server has {state.model_id!r}")
+        tok = state.lm.tokenizer
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        prompt = tok.encode_chat(messages)
+        room = state.scheduler.max_len - len(prompt)
+        if room < 1:
+            raise PolytaskError(f"the messages are {len(prompt)} tokens; this server allows "
+                                f"{state.scheduler.max_len} per request (prompt + completion)")
+        wanted = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
+        params = SamplingParams(max_new_tokens=min(wanted, room), temperature=body.temperature,
+                                top_p=body.top_p, seed=body.seed)
+        stops = [body.stop] if isinstance(body.stop, str) else [s for s in (body.stop or []) if s]
+        req = state.scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        texts = TextStream(tok, stops)
+
+        if body.stream:
+            async def events():
+                def chunk(delta: dict, finish: str | None) -> str:
+                    return "data: " + json.dumps({
+                        "id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_id,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+                try:
+                    yield chunk({"role": "assistant", "content": ""}, None)
+                    try:
+                        async for t in req:
+                            piece = texts.add(t)
+                            if piece:
+                                yield chunk({"content": piece}, None)
+                            if texts.stopped:
+                                req.cancel()
+                                break
+                    except RequestTimeout as e:
+                        yield "data: " + json.dumps(error_body(504, str(e))) + "\n\n"
+                        yield "data: [DONE]\n\n"
+                        return
+                    tail = texts.flush()
+                    if tail:
+                        yield chunk({"content": tail}, None)
+                    yield chunk({}, "stop" if texts.stopped else openai_finish(req.finish_reason))
+                    yield "data: [DONE]\n\n"
+                finally:
+                    req.cancel()  # the client went away (or we are done): free the slot
+
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        async def collect():
+            async for t in req:
+                texts.add(t)
+                if texts.stopped:
+                    req.cancel()
+                    break
+
+        task = asyncio.ensure_future(collect())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()
+                    return JSONResponse(error_body(499, "client disconnected", "cancelled"), 499)
+            task.result()
+        finally:
+            req.cancel()
+        text = texts.flush(final=True)
+        return {
+            "id": rid, "object": "chat.completion", "created": created, "model": state.model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop" if texts.stopped else openai_finish(req.finish_reason)}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(req.tokens),
+                      "total_tokens": len(prompt) + len(req.tokens)},
+        }
+
+    from polytask.serve.apps_api import add_app_routes
+
+    add_app_routes(app, state)
+    return app
+
+
+def openai_finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+class TextStream:
+    """Token ids -> text pieces: whole characters only, cut at the first stop string, never showing part of one."""
+
+    def __init__(self, tokenizer, stops: list[str]) -> None:
+        self.tok, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far (up to a stop string)
+        self.shown = 0  # characters already handed out
+        self.stopped = False
+        self.hold = max((len(s) for s in stops), default=1) - 1
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        for s in self.stops:
+            at = text.find(s, max(0, self.shown - len(s)))
+            if at >= 0:
+                text, self.stopped = text[:at], True
+        self.text = text
+        upto = len(text) if self.stopped else max(self.shown, len(text) - self.hold)
+        piece, self.shown = text[self.shown : upto], upto
+        return piece
+
+    def flush(self, final: bool = False) -> str:
+        piece = self.text[self.shown :]
+        self.shown = len(self.text)
+        return self.text if final else piece

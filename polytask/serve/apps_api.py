@@ -1,0 +1,150 @@
+"""HTTP endpoints for the applications: collections and documents, ask, summaries, replies, the agent.
+
+Thin wrappers: each handler checks the key's access, opens the store and calls the
+application's own Python function with the server's shared ``LM`` (whose engine is the
+batching scheduler). A collection the key may not see answers 404, exactly like one that does
+not exist, so a key cannot even learn which other collections there are.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from pydantic import BaseModel, Field
+
+from polytask.serve.app import Key
+from polytask.serve.keys import COLLECTION_NAME, ApiKey
+from polytask.serve.records import display_name, upload_path
+from polytask.store import DocStore
+from polytask.store.parsers import SUFFIX_KIND
+
+
+class AskBody(BaseModel):
+    question: str = Field(min_length=1, max_length=2000)
+
+
+def add_app_routes(app: FastAPI, state) -> None:
+    def collection_for(key: ApiKey, name: str) -> str:
+        if not COLLECTION_NAME.match(name) or not key.can_see(name):
+            raise HTTPException(404, f"collection {name!r} not found")
+        return name
+
+    def open_store() -> DocStore:
+        return DocStore(state.store_path)
+
+    def shown_name(path: str, names: dict[str, str]) -> str:
+        # Clients never see server paths: an upload shows its name, an indexed file its base name.
+        return names.get(path) or Path(path).name
+
+    def doc_or_404(db: DocStore, collection: str, doc_id: int):
+        for d in db.documents(collection):
+            if d.id == doc_id:
+                return d
+        raise HTTPException(404, f"document {doc_id} not found in collection {collection!r}")
+
+    def doc_json(d, names: dict[str, str]) -> dict:
+        return {"id": d.id, "name": shown_name(d.path, names), "title": d.title, "kind": d.kind, "pages": d.pages,
+                "passages": d.passages}
+
+    # -- collections and documents ------------------------------------------------------------------
+    @app.get("/api/collections", tags=["documents"])
+    def list_collections(key: Key) -> dict:
+        with open_store() as db:
+            docs = db.documents()
+        counts: dict[str, int] = {}
+        for d in docs:
+            counts[d.collection] = counts.get(d.collection, 0) + 1
+        names = set(key.collections) | ({c for c in counts if COLLECTION_NAME.match(c)} if key.admin else set())
+        return {"collections": [{"name": c, "documents": counts.get(c, 0)} for c in sorted(names)]}
+
+    @app.get("/api/collections/{collection}/documents", tags=["documents"])
+    def list_documents(collection: str, key: Key) -> dict:
+        collection = collection_for(key, collection)
+        names = state.records.names()
+        with open_store() as db:
+            return {"collection": collection, "documents": [doc_json(d, names) for d in db.documents(collection)]}
+
+    @app.post("/api/collections/{collection}/documents", tags=["documents"], status_code=201)
+    def upload_document(collection: str, key: Key, file: UploadFile = File(...)) -> dict:  # noqa: B008
+        collection = collection_for(key, collection)
+        name = display_name(file.filename)
+        suffix = Path(name).suffix.lower()
+        if suffix not in SUFFIX_KIND:
+            raise HTTPException(415, f"{name}: unsupported file type {suffix or '(none)'}; "
+                                     f"upload one of {', '.join(sorted(SUFFIX_KIND))}")
+        data = file.file.read(state.max_upload_bytes + 1)
+        if len(data) > state.max_upload_bytes:
+            raise HTTPException(413, f"{name}: larger than the upload limit of {state.max_upload_bytes} bytes")
+        dest = upload_path(state.uploads_dir, collection, name, suffix)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{hashlib.sha256(data).hexdigest()[:8]}.tmp")
+        previous = dest.read_bytes() if dest.exists() else None
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        try:
+            with open_store() as db:
+                result = db.add(dest, collection, max_bytes=state.max_upload_bytes)
+        except BaseException:
+            # The store is unchanged (one transaction); put the file back as it was.
+            if previous is None:
+                dest.unlink(missing_ok=True)
+            else:
+                dest.write_bytes(previous)
+            raise
+        state.records.add_upload(dest, collection, name, len(data))
+        return {"id": result.doc_id, "name": name, "status": result.status, "passages": result.passages}
+
+    @app.delete("/api/collections/{collection}/documents/{doc_id}", tags=["documents"])
+    def delete_document(collection: str, doc_id: int, key: Key) -> dict:
+        collection = collection_for(key, collection)
+        with open_store() as db:
+            d = doc_or_404(db, collection, doc_id)
+            db.remove(d.path, collection)
+        state.records.remove_upload(d.path)
+        if Path(d.path).is_relative_to(state.uploads_dir.resolve()):
+            Path(d.path).unlink(missing_ok=True)
+        return {"deleted": doc_id}
+
+    @app.delete("/api/collections/{collection}", tags=["documents"])
+    def delete_collection(collection: str, key: Key) -> dict:
+        collection = collection_for(key, collection)
+        with open_store() as db:
+            docs = db.documents(collection)
+            if docs:
+                db.remove_collection(collection)
+        for d in docs:
+            state.records.remove_upload(d.path)
+            if Path(d.path).is_relative_to(state.uploads_dir.resolve()):
+                Path(d.path).unlink(missing_ok=True)
+        return {"collection": collection, "deleted": len(docs)}
+
+    # -- ask ----------------------------------------------------------------------------------------
+    @app.post("/api/collections/{collection}/ask", tags=["apps"])
+    def ask_collection(collection: str, body: AskBody, key: Key) -> dict:
+        collection = collection_for(key, collection)
+        from polytask.apps.ask import ask
+
+        with open_store() as db:
+            answer = ask(body.question, collection=collection, store=db, lm=state.lm).to_dict()
+        names = state.records.names()
+        for item in answer["sources"] + answer["retrieved"]:
+            item["file"] = shown_name(item["file"], names)
+        return answer
+
+    # -- summaries ----------------------------------------------------------------------------------
+    @app.get("/api/collections/{collection}/documents/{doc_id}/summary", tags=["apps"])
+    def document_summary(collection: str, doc_id: int, key: Key,
+                         length: str = Query("short", pattern="^(short|medium|long)$")) -> dict:
+        collection = collection_for(key, collection)
+        from polytask.apps.summarize import summarize_text
+
+        with open_store() as db:
+            d = doc_or_404(db, collection, doc_id)
+            text = db.document_text(d.id)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        cached = state.records.summary(digest, length)
+        if cached is None:
+            cached = summarize_text(text, length=length, lm=state.lm).summary
+            state.records.save_summary(digest, length, cached)
+        return {"id": doc_id, "length": length, "summary": cached}

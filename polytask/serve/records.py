@@ -1,0 +1,97 @@
+"""What the server remembers beside the document store, in the same SQLite file.
+
+- ``uploads``: an uploaded document's display name. The bytes are saved under a path made from
+  a hash of (collection, name), never from the name itself, so no name can reach another folder.
+- ``summaries``: hover-card summaries, cached per document content (sha256).
+- ``conversation_owners``: which key started an agent conversation (another key gets 404).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads(
+    path TEXT PRIMARY KEY,
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    uploaded_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS summaries(
+    sha256 TEXT NOT NULL,
+    length TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (sha256, length));
+CREATE TABLE IF NOT EXISTS conversation_owners(
+    conversation_id TEXT PRIMARY KEY,
+    key_id INTEGER NOT NULL,
+    created_at REAL NOT NULL);
+"""
+
+
+def display_name(filename: str | None) -> str:
+    """A name fit to show: the last path component, no control characters, at most 200 characters."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().strip(".")
+    return name[:200] or "document"
+
+
+def upload_path(uploads_dir: Path, collection: str, name: str, suffix: str) -> Path:
+    """Where an upload's bytes live: a folder named by a hash; the suffix comes from a fixed list."""
+    digest = hashlib.sha256(f"{collection}\0{name}".encode()).hexdigest()[:32]
+    return uploads_dir / digest / f"upload{suffix}"
+
+
+class Records:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add_upload(self, path: Path, collection: str, name: str, size: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
+                       (str(path.resolve()), collection, name, size, time.time()))
+
+    def remove_upload(self, path: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM uploads WHERE path = ?", (path,))
+
+    def names(self) -> dict[str, str]:
+        """Stored path -> display name, for every upload."""
+        with self._db() as db:
+            return dict(db.execute("SELECT path, name FROM uploads").fetchall())
+
+    def summary(self, sha256: str, length: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT text FROM summaries WHERE sha256 = ? AND length = ?", (sha256, length)).fetchone()
+        return row[0] if row else None
+
+    def save_summary(self, sha256: str, length: str, text: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO summaries VALUES (?, ?, ?)", (sha256, length, text))
+
+    def own_conversation(self, conversation_id: str, key_id: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO conversation_owners VALUES (?, ?, ?)", (conversation_id, key_id, time.time()))
+
+    def conversation_owner(self, conversation_id: str) -> int | None:
+        with self._db() as db:
+            row = db.execute("SELECT key_id FROM conversation_owners WHERE conversation_id = ?",
+                             (conversation_id,)).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,231 @@
+"""The HTTP service's rules: keys, per-collection access, limits, file names, error messages, metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from serve_util import make_state
+
+from polytask.cli import main as cli
+from polytask.engine import SamplingParams
+from polytask.serve import create_app
+
+TURING = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples" / "turing.md"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("serve_home")
+    state = make_state(tiny_dir, home, max_batch=1, max_queue=1, max_upload_bytes=8192)
+    keys = {
+        "a": state.keys.create(["a"], label="a")[0],
+        "b": state.keys.create(["b"], label="b")[0],
+        "admin": state.keys.create([], admin=True)[0],
+    }
+    with TestClient(create_app(state)) as client:
+        yield client, state, keys, home
+    state.scheduler.close()
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def chat_body(**kw) -> dict:
+    return {"model": "default", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, **kw}
+
+
+def test_health_needs_no_key_everything_else_does(served):
+    client, *_ = served
+    assert client.get("/health").json()["status"] == "ok"
+    for method, path in [("GET", "/metrics"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+                         ("GET", "/api/collections"), ("GET", "/api/collections/a/documents"),
+                         ("POST", "/api/collections/a/ask")]:
+        r = client.request(method, path, json=chat_body())
+        assert r.status_code == 401, path
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "missing API key" in r.json()["error"]["message"]
+    r = client.get("/v1/models", headers=auth("pt-not-a-real-key"))
+    assert r.status_code == 401 and "invalid or revoked" in r.json()["error"]["message"]
+
+
+def test_revoked_key_is_refused_at_once(served):
+    client, state, *_ = served
+    key, rec = state.keys.create(["a"])
+    assert client.get("/v1/models", headers=auth(key)).status_code == 200
+    assert cli(["keys", "revoke", str(rec.id), "--store", str(state.store_path)]) == 0
+    r = client.get("/v1/models", headers=auth(key))
+    assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+
+def test_upload_list_and_collection_isolation(served):
+    client, state, keys, home = served
+    small = TURING.read_bytes()[:6000]
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]), files={"file": ("turing.md", small)})
+    assert r.status_code == 201, r.text
+    doc = r.json()
+    assert doc["status"] == "added" and doc["passages"] >= 1
+    listed = client.get("/api/collections/a/documents", headers=auth(keys["a"])).json()["documents"]
+    assert [d["name"] for d in listed] == ["turing.md"]
+    # Key b: collection a does not exist for it, whatever the operation.
+    kb = auth(keys["b"])
+    for method, path, kw in [
+        ("GET", "/api/collections/a/documents", {}),
+        ("POST", "/api/collections/a/documents", {"files": {"file": ("x.txt", b"hello there")}}),
+        ("POST", "/api/collections/a/ask", {"json": {"question": "Where did he study?"}}),
+        ("GET", f"/api/collections/a/documents/{doc['id']}/summary", {}),
+        ("DELETE", f"/api/collections/a/documents/{doc['id']}", {}),
+        ("DELETE", "/api/collections/a", {}),
+    ]:
+        r = client.request(method, path, headers=kb, **kw)
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["error"]["message"] == "collection 'a' not found"
+        assert "Turing" not in r.text
+    assert [c["name"] for c in client.get("/api/collections", headers=kb).json()["collections"]] == ["b"]
+    # The document is still there, and an admin key sees every collection.
+    assert client.get("/api/collections/a/documents", headers=auth(keys["a"])).json()["documents"] == listed
+    names = [c["name"] for c in client.get("/api/collections", headers=auth(keys["admin"])).json()["collections"]]
+    assert "a" in names
+    # A document id from another collection is not found through one's own collection.
+    r = client.delete(f"/api/collections/b/documents/{doc['id']}", headers=kb)
+    assert r.status_code == 404 and "document" in r.json()["error"]["message"]
+
+
+def test_oversize_uploads_are_refused(served):
+    client, state, keys, home = served
+    before = sorted(p for p in home.rglob("*") if p.is_file() and "upload" in p.name)
+    # Over the limit but under the header check: refused after reading limit + 1 bytes.
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]), files={"file": ("big.txt", b"a " * 5000)})
+    assert r.status_code == 413 and "upload limit of 8192 bytes" in r.json()["error"]["message"]
+    # Far over: refused from Content-Length before the body is read.
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]),
+                    files={"file": ("huge.txt", b"a" * 200_000)})
+    assert r.status_code == 413 and "limit is 8192 bytes" in r.json()["error"]["message"]
+    assert sorted(p for p in home.rglob("*") if p.is_file() and "upload" in p.name) == before
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/evil.txt", "..\\..\\evil.txt", "/tmp/evil.txt",
+                                  "sub/dir/evil.txt", "evil\u202e.txt", "....//evil.txt"])
+def test_file_names_are_never_paths(served, name):
+    client, state, keys, home = served
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]),
+                    files={"file": (name, b"A short note about traversal.")})
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "evil.txt"
+    uploads = state.uploads_dir.resolve()
+    for p in home.parent.rglob("*evil*"):
+        pytest.fail(f"a file was written from the client's name: {p}")
+    stored = [Path(p) for p in state.records.names()]
+    assert stored and all(p.is_relative_to(uploads) and p.name.startswith("upload") for p in stored)
+    docs = client.get("/api/collections/a/documents", headers=auth(keys["a"])).json()["documents"]
+    assert all(str(home) not in d["name"] for d in docs)
+
+
+def test_unsupported_and_unreadable_uploads(served):
+    client, state, keys, _ = served
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]), files={"file": ("run.exe", b"MZ\x90")})
+    assert r.status_code == 415 and "unsupported file type .exe" in r.json()["error"]["message"]
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]),
+                    files={"file": ("fake.pdf", b"this is not a pdf at all")})
+    assert r.status_code == 400 and r.json()["error"]["message"]
+
+
+def test_malformed_and_invalid_json_is_422_with_a_message(served):
+    client, _, keys, _ = served
+    h = auth(keys["a"]) | {"Content-Type": "application/json"}
+    r = client.post("/v1/chat/completions", headers=h, content=b'{"model": "default", "messages": [')
+    assert r.status_code == 422 and "malformed JSON" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", headers=h, json={"model": "default"})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "messages: Field required"
+    r = client.post("/v1/chat/completions", headers=h, json=chat_body(temperature=5))
+    assert r.status_code == 422 and "temperature" in r.json()["error"]["message"]
+    r = client.post("/api/collections/a/ask", headers=h, json={"question": ""})
+    assert r.status_code == 422 and "question" in r.json()["error"]["message"]
+
+
+def test_chat_errors_name_the_problem(served):
+    client, _, keys, _ = served
+    r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(model="gpt-4"))
+    assert r.status_code == 404 and "'gpt-4' not found" in r.json()["error"]["message"]
+    long = chat_body(messages=[{"role": "user", "content": "word " * 600}])
+    r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=long)
+    assert r.status_code == 400 and "allows 512 per request" in r.json()["error"]["message"]
+
+
+def test_stop_strings_cut_the_text(served):
+    client, state, keys, _ = served
+    plain = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                        json=chat_body(max_tokens=12, temperature=0)).json()
+    text = plain["choices"][0]["message"]["content"]
+    assert plain["usage"]["completion_tokens"] == 12 and len(text) > 4
+    stop = text[3:5]
+    cut = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                      json=chat_body(max_tokens=12, temperature=0, stop=stop)).json()
+    assert cut["choices"][0]["message"]["content"] == text[: text.find(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+def test_full_queue_answers_429_with_retry_after(served):
+    client, state, keys, _ = served
+    s = state.scheduler
+    with s.model_lock:  # the loop is stuck before its next step: one request runs, one waits
+        busy = [s.submit([1, 2, 3], SamplingParams(max_new_tokens=2, stop_ids=[]))]
+        while s.queue_depth:
+            time.sleep(0.01)
+        busy.append(s.submit([1, 2, 3], SamplingParams(max_new_tokens=2, stop_ids=[])))
+        r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body())
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "queue is full" in r.json()["error"]["message"]
+    assert all(len(b.result().tokens) == 2 for b in busy)
+
+
+def test_metrics_are_prometheus_text(served):
+    client, _, keys, _ = served
+    client.get("/v1/models", headers=auth(keys["a"]))
+    r = client.get("/metrics", headers=auth(keys["a"]))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for name in ("polytask_http_requests_total{", "polytask_http_request_seconds_bucket{", "polytask_queue_depth ",
+                 "polytask_active_requests ", "polytask_tokens_per_second ", "polytask_generated_tokens_total "):
+        assert name in text, name
+    assert 'route="/v1/models",status="200"' in text
+
+
+def test_openapi_schema_lists_the_api(served):
+    client, *_ = served
+    paths = client.get("/openapi.json").json()["paths"]
+    for p in ("/v1/chat/completions", "/v1/models", "/health", "/metrics", "/api/collections/{collection}/ask",
+              "/api/collections/{collection}/documents"):
+        assert p in paths, p
+
+
+def test_keys_command(tmp_path, capsys):
+    store = str(tmp_path / "s.sqlite")
+    assert cli(["keys", "create", "--store", store]) == 2
+    assert "give --collection NAME" in capsys.readouterr().err
+    assert cli(["keys", "create", "--collection", "../x", "--store", store]) == 2
+    assert "bad collection name '../x'" in capsys.readouterr().err
+    assert cli(["keys", "create", "--collection", "docs", "--label", "team", "--store", store]) == 0
+    key = capsys.readouterr().out.splitlines()[0]
+    assert key.startswith("pt-") and len(key) > 40
+    assert cli(["keys", "list", "--store", store]) == 0
+    listing = capsys.readouterr().out
+    assert key[:10] in listing and key not in listing and "active" in listing and "docs" in listing
+    assert key not in (tmp_path / "s.sqlite").read_bytes().decode("latin-1")  # only the hash is stored
+    assert cli(["keys", "revoke", "nope", "--store", store]) == 2
+    assert "no key 'nope'" in capsys.readouterr().err
+    assert cli(["keys", "revoke", key[:10], "--store", store]) == 0
+    assert cli(["keys", "list", "--store", store]) == 0 and "revoked" in capsys.readouterr().out
+
+
+def test_exposure_warning():
+    from polytask.commands.serve import exposure_warning, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.7")
+    assert exposure_warning("127.0.0.1", keys_exist=False) is None
+    assert exposure_warning("0.0.0.0", keys_exist=True) is None
+    assert "no API key exists" in exposure_warning("0.0.0.0", keys_exist=False)
