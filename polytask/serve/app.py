@@ -89,9 +89,45 @@ def current_key(request: Request, creds: Annotated[HTTPAuthorizationCredentials 
 Key = Annotated[ApiKey, Depends(current_key)]
 
 
-def route_name(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+class LimitsAndMetrics:
+    """Pure ASGI middleware (it keeps the server's disconnect signal reaching streaming responses).
+
+    Refuses a body over the upload limit from its Content-Length, before reading it, and records
+    every request's route, status and time to the response's first byte."""
+
+    def __init__(self, app, state: ServeState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        seen = {"status": 500}
+
+        def observe() -> None:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.state.metrics.observe(scope["method"], route, seen["status"], time.perf_counter() - start)
+
+        limit = self.state.max_upload_bytes + 64 * 1024  # an upload's limit plus the multipart framing
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            seen["status"] = 413
+            body = error_body(413, f"request body is {int(length)} bytes; the limit is "
+                                   f"{self.state.max_upload_bytes} bytes")
+            await JSONResponse(body, 413)(scope, receive, send)
+            return observe()
+
+        async def send_and_observe(message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                observe()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_observe)
+        except Exception:
+            observe()
+            raise
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,19 +190,7 @@ def create_app(state: ServeState) -> FastAPI:
     async def timed_out(request: Request, exc: RequestTimeout):
         return JSONResponse(error_body(504, str(exc)), 504)
 
-    # -- size limit and metrics ---------------------------------------------------------------------
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        # Refused before the body is read: an upload's limit plus room for the multipart framing.
-        if length and length.isdigit() and int(length) > state.max_upload_bytes + 64 * 1024:
-            response = JSONResponse(error_body(413, f"request body is {int(length)} bytes; the limit is "
-                                                    f"{state.max_upload_bytes} bytes"), 413)
-        else:
-            response = await call_next(request)
-        state.metrics.observe(request.method, route_name(request), response.status_code, time.perf_counter() - start)
-        return response
+    app.add_middleware(LimitsAndMetrics, state=state)
 
     # -- service endpoints ---------------------------------------------------------------------------
     @app.get("/health", tags=["service"])
