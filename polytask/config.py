@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from polytask.data import DataConfig
 from polytask.errors import PolytaskError
+from polytask.lora import LoraConfig
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0 = no LoRA: every weight trains
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -245,10 +247,13 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = only at the end)"),
         (cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
         (cfg.metrics.log_every >= 1, "metrics.log_every must be >= 1"),
+        (cfg.lora.rank >= 0, "lora.rank must be >= 0 (0 = no LoRA)"),
     ]
     for ok, message in checks:
         if not ok:
             raise PolytaskError(message)
+    if cfg.lora.rank:
+        cfg.lora.check()
     cfg.data.__post_init__()  # the data section's own checks, now on the merged values
 
 

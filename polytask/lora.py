@@ -63,16 +63,20 @@ class LoraConfig:
 
 
 class LoRALinear(nn.Linear):
-    """``y = x W^T + b + scaling * dropout(x) A^T B^T`` with W (and b) frozen."""
+    """``y = x W^T + b + scaling * dropout(x) A^T B^T`` with W (and b) frozen.
+
+    ``lora_A`` (rank, in) and ``lora_B`` (out, rank) are direct parameters and dropout is
+    functional: the module has no children, which tensor-parallel styles require (they visit every
+    submodule and rename none). See ``distribute_lora`` for the rowwise case.
+    """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, scaling: float | None = None) -> None:
         nn.Module.__init__(self)  # not nn.Linear.__init__: reuse the base's parameters, allocate nothing
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.register_parameter("bias", base.bias)
-        self.rank, self.alpha = rank, alpha
+        self.rank, self.alpha, self.dropout = rank, alpha, dropout
         self.scaling = alpha / rank if scaling is None else scaling
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         kw = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))  # (rank, in)
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **kw))  # (out, rank)
@@ -86,7 +90,8 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        return out + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        h = F.dropout(x, self.dropout, self.training) if self.dropout else x
+        return out + F.linear(F.linear(h, self.lora_A), self.lora_B) * self.scaling
 
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` with W + scaling * B A (computed in fp32, stored in W's dtype)."""
@@ -99,7 +104,7 @@ class LoRALinear(nn.Linear):
         return out
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}"
+        return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}, dropout={self.dropout:g}"
 
 
 def init_lora_A(rank: int, in_features: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -155,6 +160,24 @@ def merge_lora(model: Llama) -> Llama:
     return model
 
 
+def distribute_lora(block: nn.Module, tp_mesh) -> None:
+    """After ``parallelize_module`` put a block's linears under tensor parallelism: shard the adapters
+    that the rowwise style left as plain tensors (it distributes only ``weight`` and ``bias``).
+
+    Rowwise input is sharded on its last dimension: A is sharded by input columns like W, so x A^T
+    is a partial sum like x W^T, and B is replicated. (The colwise style already sharded A and B
+    by rows, as it does every parameter of the module; DTensor keeps either layout exact.)
+    """
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+    for m in block.modules():
+        if isinstance(m, LoRALinear) and isinstance(m.weight, DTensor) and not isinstance(m.lora_A, DTensor):
+            for name, placement in (("lora_A", Shard(1)), ("lora_B", Replicate())):
+                p = getattr(m, name)
+                dt = distribute_tensor(p.detach(), tp_mesh, [placement])
+                m.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -163,7 +186,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters' weights, unsharded, fp32, by parameter name (``model.layers.0.self_attn.q_proj.lora_A``).
+    """The adapters' weights, unsharded, fp32, by name (``model.layers.0.self_attn.q_proj.lora_A``).
 
     Collective when the model is sharded (FSDP2 / tensor parallel): call it on every rank.
     """
@@ -238,6 +261,7 @@ def save_adapter(
     from polytask.weights import _atomic_dir, _publish
 
     out = Path(out)
+    # model.layers.0.self_attn.q_proj.lora_A -> base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
     tensors = {f"{PEFT_PREFIX}{name}.weight": t.to(dtype).contiguous() for name, t in state.items()}
     tmp = _atomic_dir(out)
     try:
@@ -254,6 +278,21 @@ def save_adapter(
 def save_model_adapter(model: nn.Module, out: str | Path, cfg: LoraConfig, base_name: str) -> Path:
     """``lora_state_dict`` + fingerprint + ``save_adapter`` for an unsharded model (one process)."""
     return save_adapter(out, lora_state_dict(model), cfg, model_fingerprint(model), base_name)
+
+
+def save_training_adapter(model: nn.Module, dirs: list[Path], cfg: LoraConfig, base: str) -> None:
+    """Collective (every rank of a training job): gather the adapters, rank 0 writes them to each of ``dirs``.
+
+    ``base`` is the run's ``model.init_from`` ("default" stays "default"; a folder is recorded absolute).
+    """
+    import torch.distributed as dist
+
+    state, fingerprint = lora_state_dict(model), model_fingerprint(model)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    base_name = base if base == "default" or not Path(base).is_dir() else str(Path(base).resolve())
+    for d in dirs:
+        save_adapter(d, state, cfg, fingerprint, base_name)
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:

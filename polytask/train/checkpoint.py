@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from polytask.errors import PolytaskError
+from polytask.lora import LoraConfig, apply_lora, merge_lora
 from polytask.model import Llama, ModelConfig, build_model
 
 TRAIN_STATE = "train_state.pt"
@@ -137,9 +138,14 @@ def load_for_export(ckpt: Path) -> tuple[Llama, dict]:
         ckpt = found[-1]
     saved = read_train_state(ckpt)
     model = build_model(ModelConfig(**saved["model_config"]), device="meta")
+    lora = saved["config"].get("lora") or {}
+    if lora.get("rank"):
+        apply_lora(model, LoraConfig(**lora))
     model.to_empty(device="cpu")
     sd = model.state_dict()
     dcp.load({"model": sd}, checkpoint_id=str(ckpt))
     model.load_state_dict(sd)
     model.reset_rope()
+    if lora.get("rank"):
+        merge_lora(model)  # a LoRA run exports as its base with the adapter folded in
     return model.eval(), saved

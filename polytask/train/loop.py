@@ -27,6 +27,7 @@ from polytask import config as config_mod
 from polytask.config import TrainConfig
 from polytask.data import build_data
 from polytask.errors import PolytaskError
+from polytask.lora import apply_lora, initial_lora_state, save_training_adapter
 from polytask.model import Llama, ModelConfig, build_model, preset
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
@@ -98,6 +99,8 @@ def materializer(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device)
             full = ref.state_dict()
         if model_cfg.tie_embeddings:
             full["lm_head.weight"] = full["model.embed_tokens.weight"]
+        if cfg.lora.rank:
+            full.update(initial_lora_state(model, cfg.model.seed))  # the frozen base above + fresh adapters
         model.to_empty(device=device)
         if model_cfg.tie_embeddings:
             # to_empty replaces each module's parameters one by one, which unties a shared
@@ -203,9 +206,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         tmp.rename(run_dir / "config.toml")
 
     torch.manual_seed(cfg.optim.seed)
-    model = parallelize(
-        build_model(model_cfg, device="meta"), mesh, cfg.parallel, materializer(cfg, model_cfg, device), device
-    )
+    net = build_model(model_cfg, device="meta")
+    if cfg.lora.rank:
+        apply_lora(net, cfg.lora)  # before parallelizing: the adapters are sharded with their blocks
+    model = parallelize(net, mesh, cfg.parallel, materializer(cfg, model_cfg, device), device)
     zero1 = cfg.parallel.strategy == "zero1" and dp_size > 1
     optimizer = build_optimizer(model, cfg.optim, dp_group if zero1 else None)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -350,4 +354,7 @@ def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_
         "config": cfg.to_dict(),
         "model_config": model_cfg.to_dict(),
     }
-    checkpoint.save(run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep)
+    final = checkpoint.save(run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep)
+    if cfg.lora.rank:  # the adapter in the PEFT layout, beside the checkpoint and (last step) in the run dir
+        dirs = [final / "adapter"] + ([run_dir / "adapter"] if step == cfg.optim.steps else [])
+        save_training_adapter(model, dirs, cfg.lora, cfg.model.init_from or cfg.model.preset)

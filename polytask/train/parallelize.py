@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from polytask.config import ParallelConfig
 from polytask.errors import PolytaskError
+from polytask.lora import distribute_lora
 from polytask.model import Llama
 
 FSDP_STRATEGIES = ("zero2", "zero3")
@@ -77,6 +78,7 @@ def apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
     }
     for block in model.model.layers.values():
         parallelize_module(block, tp_mesh, plan)
+        distribute_lora(block, tp_mesh)  # LoRA adapters the rowwise style leaves unsharded (no-op without LoRA)
         # Local outputs hold 1/k of the heads: the attention reshapes by these counts.
         block.self_attn.num_heads //= k
         block.self_attn.num_kv_heads //= k

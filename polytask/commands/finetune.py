@@ -1,0 +1,50 @@
+"""``polytask finetune``: ``polytask train`` from pretrained weights, full or LoRA.
+
+The same engine, config and torchrun support as ``polytask train``; ``model.init_from`` is
+required, and a ``[lora]`` section with ``rank > 0`` trains adapters only (saved in the PEFT
+layout as RUN_DIR/adapter at the end and beside every checkpoint). Without LoRA every weight
+trains; ``polytask export`` writes the result in the Hugging Face layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from polytask.commands import train as train_command
+
+EPILOG = """config: the sections of polytask train plus [lora] (rank, alpha, dropout, target_modules);
+rank = 0 or no [lora] section: full fine-tuning. model.init_from is required ("default" or a model folder).
+Overrides: --SECTION.KEY VALUE, e.g. --lora.rank 16 --optim.lr 2e-4 --parallel.strategy zero3.
+Under torchrun: torchrun --nproc-per-node N -m polytask finetune ..."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune a pretrained model (full or LoRA) on a task mixture or documents",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="TOML file with [model] (init_from) [data] [optim] [parallel] [lora] ...")
+    p.add_argument("--run-dir", default=None, help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint, if any")
+    parse_known = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # --section.key VALUE pairs go to polytask.config
+        ns, rest = parse_known(args, namespace)
+        ns.overrides = rest
+        return ns, []
+
+    p.parse_known_args = parse_known_args
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from polytask.config import load_config
+    from polytask.errors import PolytaskError
+
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.model.init_from:
+        raise PolytaskError(
+            "finetune starts from pretrained weights: set model.init_from in the config ([model] init_from = "
+            '"default" or a model folder) or pass --model.init_from default'
+        )
+    return train_command.run(args)
