@@ -178,6 +178,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None  # set by fuse_projections()
 
     def forward(
         self,
@@ -189,9 +190,14 @@ class Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         b, t, _ = x.shape  # (batch, seq, dim)
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv is not None:
+            sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
+            q, k, v = F.linear(x, *self.qkv).split(sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         start = 0
         if cache is not None:
@@ -214,9 +220,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.gate_up: tuple[torch.Tensor, None] | None = None  # set by fuse_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up is not None:
+            gate, up = F.linear(x, *self.gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -321,6 +332,37 @@ class Llama(nn.Module):
         cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
         self.rope_cos = cos.to(self.rope_cos.device)
         self.rope_sin = sin.to(self.rope_sin.device)
+
+
+def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for projections of the same input; the originals become views of it,
+    so memory and ``state_dict()`` are unchanged."""
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    bias = torch.cat([lin.bias.detach() for lin in linears]) if linears[0].bias is not None else None
+    row = 0
+    for lin in linears:
+        n = lin.out_features
+        lin.weight.data = weight[row : row + n]
+        if bias is not None:
+            lin.bias.data = bias[row : row + n]
+        row += n
+    return weight, bias
+
+
+@torch.no_grad()
+def fuse_projections(model: Llama) -> Llama:
+    """Inference: q/k/v and gate/up each become one matmul (fewer, larger kernels per token).
+
+    Modules that are not plain ``nn.Linear`` (e.g. LoRA-wrapped ones) are left as they are.
+    Not for training under FSDP/TP, whose parameters are sharded.
+    """
+    for block in model.model.layers.values():
+        attn, mlp = block.self_attn, block.mlp
+        if all(type(m) is nn.Linear for m in (attn.q_proj, attn.k_proj, attn.v_proj)):
+            attn.qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        if all(type(m) is nn.Linear for m in (mlp.gate_proj, mlp.up_proj)):
+            mlp.gate_up = _fuse([mlp.gate_proj, mlp.up_proj])
+    return model
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "meta") -> Llama:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from polytask.engine import Completion, Engine, SamplingParams
+from polytask.model import fuse_projections
 from polytask.tokenizer import Tokenizer
 from polytask.weights import load_model
 
@@ -30,7 +31,7 @@ class LM:
             from polytask.lora import apply_adapter  # LoRA lives in the customization layer
 
             net = apply_adapter(net, adapter, model_dir)
-        return cls(net, Tokenizer(model_dir), model_dir, model, adapter)
+        return cls(fuse_projections(net), Tokenizer(model_dir), model_dir, model, adapter)
 
     def _prompt_ids(self, item: str | Messages, raw: bool) -> list[int]:
         if raw:

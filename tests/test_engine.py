@@ -105,3 +105,18 @@ def test_stream_chat_pieces_join_to_the_reply(default_lm: LM):
     pieces = list(default_lm.stream_chat(msg, max_new_tokens=20))
     assert len(pieces) > 3
     assert "".join(pieces).strip() == default_lm.chat(msg, max_new_tokens=20)
+
+
+def test_fused_projections_keep_logits_and_state_dict():
+    import copy
+
+    from polytask.model import fuse_projections
+
+    model = build_model(preset("tiny"), device="cpu")
+    model.init_weights(seed=1)
+    fused = fuse_projections(copy.deepcopy(model))
+    ids = torch.randint(3, 1000, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids), model(ids), atol=1e-5, rtol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fused.state_dict()[k], v), k
