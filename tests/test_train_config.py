@@ -161,3 +161,15 @@ def test_run_dir_of_another_run_and_checkpoint_of_another_model(tmp_path, capsys
     err = capsys.readouterr().err
     assert "checkpoint is from another model (tie_embeddings: checkpoint True vs config False)" in err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing lost or changed
+
+
+def test_tensorboard_without_the_package(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    run_dir = tmp_path / "run"
+    args = ["train", "--config", str(write(tmp_path, TINY)), "--run-dir", str(run_dir), "--metrics.tensorboard", "true"]
+    assert main(args) == 2
+    assert "needs the tensorboard package" in capsys.readouterr().err
+    assert not run_dir.exists()

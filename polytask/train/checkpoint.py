@@ -3,8 +3,9 @@
 ``RUN_DIR/checkpoints/step_00000010/`` holds:
 - the DCP files: ``model`` and ``optim`` state keyed by parameter name (FQN), each rank
   writing its own shards, so a checkpoint loads under another world size or strategy;
-- ``train_state.pt`` (rank 0): step, tokens seen, the scheduler position, every data rank's
-  loader position, every rank's RNG state, the resolved config and the model config.
+- ``train_state.pt`` (rank 0): step, tokens seen, the scheduler position, the data loader's
+  position (global, the same on every rank), every rank's RNG state, the resolved config and
+  the model config; ``config.toml``: the resolved config again, readable.
 A checkpoint is written under ``.step_00000010.tmp`` and renamed once complete: a killed save
 never looks like a checkpoint. Only the last ``keep`` are kept.
 """
@@ -75,7 +76,7 @@ def _optim_state(model: nn.Module, optimizer) -> dict:
 
 
 def save(
-    run_dir: Path, step: int, model: nn.Module, optimizer, train_state: dict, keep: int
+    run_dir: Path, step: int, model: nn.Module, optimizer, train_state: dict, keep: int, config_toml: str
 ) -> Path:
     """Collective: every rank calls it. ``train_state`` is rank 0's (gathered) loop state."""
     root = run_dir / "checkpoints"
@@ -90,6 +91,7 @@ def save(
     dcp.save(state, checkpoint_id=str(tmp))
     if rank == 0:
         torch.save(train_state, tmp / TRAIN_STATE)
+        (tmp / "config.toml").write_text(config_toml)  # the resolved config, for people (train_state has it too)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

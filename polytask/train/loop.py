@@ -10,6 +10,7 @@ computes the same update.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import resource
@@ -149,12 +150,8 @@ class MetricsWriter:
         self.file = self.path.open("a")
         self.tb = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise PolytaskError(
-                    "metrics.tensorboard = true needs the tensorboard package (pip install tensorboard)"
-                ) from None
+            from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, row: dict) -> None:
@@ -182,6 +179,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     dp_rank, dp_size, dp_group = dp_mesh.get_local_rank(), dp_mesh.size(), dp_mesh.get_group()
 
     run_dir = Path(run_dir)
+    if cfg.metrics.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise PolytaskError("metrics.tensorboard = true needs the tensorboard package (pip install tensorboard)")
     resume_from = check_run_dir(run_dir, resume)
     model_cfg = model_config_for(cfg)
     saved = checkpoint.read_train_state(resume_from) if resume_from else None
@@ -354,7 +353,9 @@ def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_
         "config": cfg.to_dict(),
         "model_config": model_cfg.to_dict(),
     }
-    final = checkpoint.save(run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep)
+    final = checkpoint.save(
+        run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep, config_mod.to_toml(cfg)
+    )
     if cfg.lora.rank:  # the adapter in the PEFT layout, beside the checkpoint and (last step) in the run dir
         dirs = [final / "adapter"] + ([run_dir / "adapter"] if step == cfg.optim.steps else [])
         save_training_adapter(model, dirs, cfg.lora, cfg.model.init_from or cfg.model.preset)
