@@ -49,9 +49,9 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _register_all() -> None:
-    from polytask.tasks import chat, generic, qa, summarize
+    from polytask.tasks import chat, docs, generic, qa, summarize
 
-    for module in (qa, summarize, chat, generic):
+    for module in (qa, summarize, chat, generic, docs):
         for cls in module.TASK_CLASSES:
             register(cls)
 
