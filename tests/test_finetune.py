@@ -129,11 +129,15 @@ def test_lora_run_exports_merged(single, tiny_dir, tmp_path):
         torch.testing.assert_close(exported(tokens), model(tokens), atol=1e-5, rtol=0)
 
 
-def test_finetune_needs_pretrained_weights_and_valid_lora(config, tmp_path):
-    proc = finetune(config, tmp_path / "a", "--model.init_from", "")
-    assert proc.returncode == 2 and "finetune starts from pretrained weights" in proc.stderr
-    proc = finetune(config, tmp_path / "b", "--lora.target_modules", '["qkv"]')
-    assert proc.returncode == 2 and "lora.target_modules: unknown module" in proc.stderr
-    proc = finetune(config, tmp_path / "c", "--lora.rnk", "4")
-    assert proc.returncode == 2 and "unknown key lora.rnk" in proc.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+def test_finetune_needs_pretrained_weights_and_valid_lora(config, tmp_path, capsys):
+    from polytask.cli import main
+
+    def fails(run: str, *overrides: str) -> str:
+        assert main(["finetune", "--config", str(config), "--run-dir", str(tmp_path / run), *overrides]) == 2
+        assert not (tmp_path / run).exists()
+        return capsys.readouterr().err
+
+    assert "finetune starts from pretrained weights" in fails("a", "--model.init_from", "")
+    assert "lora.target_modules: unknown module" in fails("b", "--lora.target_modules", '["qkv"]')
+    assert "unknown key lora.rnk" in fails("c", "--lora.rnk", "4")
+    assert "lora.alpha must be > 0" in fails("d", "--lora.alpha", "0")
