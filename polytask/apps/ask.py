@@ -1,0 +1,205 @@
+"""Document question answering with sources.
+
+1. Retrieve: hybrid search (BM25 + embeddings, reciprocal-rank fusion) over the document or
+   collection; the sentences of the best three passages are ranked against the question
+   (embedding similarity + question-word overlap) and the best ``context_sentences`` become
+   the context (the small default model answers far better from a few sentences).
+2. Generate: the LM answers, greedy, a few tokens.
+3. Ground: the answer is checked against the context. The quoted source is the sentence that
+   best supports the answer (answer-word overlap + its rank), and ``extract`` is the shortest
+   span of that sentence that best matches the answer (what SQuAD scores).
+
+It says "not in the documents" instead of answering when retrieval finds nothing similar
+(best cosine below ``min_cosine``), when the model says so, or when the answer's words are not
+in the retrieved passages (an unsupported, probably invented, answer).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from polytask.apps.common import complete_sentences, first_line, get_lm, open_store, strip_preamble
+from polytask.errors import PolytaskError
+from polytask.store import DocStore, Hit
+from polytask.store.text import WORD, content_words, sentence_spans, stem
+
+ADHOC_COLLECTION = "_files"  # where `ask --doc FILE` indexes the file (unchanged files are not re-read)
+PROMPT = "{context}\n\nQuestion: {question}\nAnswer in a few words, using only the text above."
+NOT_FOUND = "The documents do not contain the answer to this question."
+REFUSALS = re.compile(
+    r"not (?:in|mentioned in|stated in|given in|found in) the (?:document|text|passage|context)|"
+    r"(?:does|do) not (?:say|mention|contain|state|specify)|no information|i (?:don't|do not) know|"
+    r"cannot (?:answer|find|be determined)|not (?:provided|specified|mentioned)|unanswerable", re.I)
+
+
+@dataclass
+class Source:
+    file: str
+    location: str  # section heading, "page N", ... ("" for plain text)
+    page: int | None
+    quote: str  # the supporting sentence, exactly as in the document's extracted text
+    start: int  # character offsets of the quote in the document's extracted text
+    end: int
+    passage_start: int
+    passage_end: int
+    score: float
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str  # the answer, or NOT_FOUND
+    found: bool
+    extract: str = ""  # the shortest document span matching the answer ("" when not found)
+    sources: list[Source] = field(default_factory=list)
+    retrieved: list[dict] = field(default_factory=list)  # the passages used (file, location, offsets, score)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_docs(store: DocStore, doc: str | Path | None, collection: str | None) -> list[int]:
+    if (doc is None) == (collection is None):
+        raise PolytaskError("give exactly one of a document (--doc FILE) or a collection (--collection NAME)")
+    if doc is not None:
+        return [store.add(doc, ADHOC_COLLECTION).doc_id]
+    ids = store.collection_doc_ids(collection)
+    if not ids:
+        raise PolytaskError(f"collection {collection!r} has no documents in {store.path}; "
+                            f"add some with: polytask index add FILE... --collection {collection}")
+    return ids
+
+
+def ask(
+    question: str,
+    doc: str | Path | None = None,
+    collection: str | None = None,
+    *,
+    store: DocStore | str | Path | None = None,
+    lm=None,
+    model: str = "default",
+    adapter: str | None = None,
+    top_k: int = 5,
+    context_sentences: int = 2,
+    max_new_tokens: int = 32,
+    min_cosine: float = 0.15,
+) -> Answer:
+    """Answer ``question`` from one document (``doc``, indexed on the fly) or a ``collection``."""
+    if not question.strip():
+        raise PolytaskError("the question is empty")
+    db = open_store(store)
+    try:
+        doc_ids = resolve_docs(db, doc, collection)
+        hits = db.search(question, doc_ids, k=top_k)
+        return answer_from_hits(question, hits, db, get_lm(lm, model, adapter), context_sentences,
+                                max_new_tokens, min_cosine)
+    finally:
+        if db is not store:
+            db.close()
+
+
+def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_sentences: int = 2,
+                     max_new_tokens: int = 32, min_cosine: float = 0.15) -> Answer:
+    retrieved = [{"file": h.path, "location": h.location, "page": h.page, "start": h.start, "end": h.end,
+                  "score": round(h.score, 5), "cosine": round(h.cosine, 4)} for h in hits]
+    if not hits or max(h.cosine for h in hits) < min_cosine:
+        return Answer(question, NOT_FOUND, False, retrieved=retrieved)
+    hits = hits[:3]
+    # The 135M default model answers far better from a few sentences than from whole passages,
+    # and it leans on the first one: best first.
+    sentences = rank_sentences(question, hits, db)[:context_sentences]
+    context = " ".join(db.document_text(h.doc_id)[s:e] for h, s, e, _ in sentences)
+    prompt = [{"role": "user", "content": PROMPT.format(context=context, question=question)}]
+    raw = lm.chat(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
+    text = complete_sentences(strip_preamble(first_line(raw)).strip(" \"'"))
+    if not text or REFUSALS.search(text):
+        return Answer(question, NOT_FOUND, False, retrieved=retrieved)
+
+    support = best_support(question, text, sentences, informative_words(question, hits), db)
+    if support is None:
+        return Answer(question, NOT_FOUND, False, retrieved=retrieved)
+    hit, s, e, score = support
+    doc_text = db.document_text(hit.doc_id)
+    extract = best_extract(text, question, doc_text, s, e)
+    source = Source(hit.path, hit.location, hit.page, doc_text[s:e], s, e, hit.start, hit.end, round(score, 4))
+    return Answer(question, text, True, extract, [source], retrieved)
+
+
+def rank_sentences(question: str, hits: list[Hit], db: DocStore) -> list[tuple[Hit, int, int, float]]:
+    """The sentences of the retrieved passages, best first: embedding similarity to the question
+    plus the share of the question's content words they contain."""
+    q = _stems(question)
+    found = []
+    for h in hits:
+        doc_text = db.document_text(h.doc_id)
+        for s, e in sentence_spans(doc_text, h.start, h.end):
+            if doc_text[s] != "#" and len(_stems(doc_text[s:e])) >= 2:  # not a heading or a fragment
+                found.append((h, s, e))
+    if not found:
+        return []
+    vectors = db.embedder.encode([question] + [db.document_text(h.doc_id)[s:e] for h, s, e in found])
+    cosine = vectors[1:] @ vectors[0]
+    scored = [(h, s, e, float(c) + 0.3 * len(q & _stems(db.document_text(h.doc_id)[s:e])) / max(1, len(q)))
+              for (h, s, e), c in zip(found, cosine, strict=True)]
+    return sorted(scored, key=lambda x: -x[3])
+
+
+def _stems(text: str) -> set[str]:
+    return {stem(w) for w in content_words(text)}
+
+
+def best_support(question: str, answer: str, sentences: list[tuple[Hit, int, int, float]], informative: set[str],
+                 db: DocStore):
+    """(hit, start, end, score) of the context sentence that best supports the answer, or None
+    when the answer's own words are mostly absent from the context (an invented answer) or the
+    best sentence shares no informative word with the question (an answer to another question)."""
+    novel = _stems(answer) - _stems(question) or _stems(answer)  # what the answer adds to the question
+    if not novel:
+        return None
+    words = [_stems(db.document_text(h.doc_id)[s:e]) for h, s, e, _ in sentences]
+    if not words or len(novel & set().union(*words)) / len(novel) < 0.5:
+        return None
+    scores = [len(novel & w) / len(novel) + len(informative & w) / max(1, len(informative)) + rank
+              for w, (_, _, _, rank) in zip(words, sentences, strict=True)]
+    i = max(range(len(scores)), key=scores.__getitem__)
+    if not novel & words[i] or (informative and not informative & words[i]):
+        return None
+    h, s, e, _ = sentences[i]
+    return h, s, e, scores[i]
+
+
+def informative_words(question: str, hits: list[Hit]) -> set[str]:
+    """The question's content words that are not in most retrieved passages: the subject's name
+    says nothing about which sentence answers; "PhD" or "favourite food" does."""
+    passages = [_stems(h.text) for h in hits]
+    return {w for w in _stems(question) if sum(w in p for p in passages) <= len(passages) / 2}
+
+
+def best_extract(answer: str, question: str, text: str, start: int, end: int) -> str:
+    """The span of text[start:end] whose words best match the answer (token F1), shortest on ties.
+
+    Words the answer repeats from the question are dropped first ("He got his PhD at
+    Princeton" -> "Princeton" for "Where did he get his PhD?")."""
+    qwords = {w.lower() for w in WORD.findall(question)}
+    target = [w.lower() for w in WORD.findall(answer) if w.lower() not in qwords] or [
+        w.lower() for w in WORD.findall(answer)]
+    tokens = [(m.start() + start, m.end() + start, m.group().lower()) for m in WORD.finditer(text[start:end])]
+    if not target or not tokens:
+        return answer
+    want = Counter(target)
+    best, best_span = 0.0, None
+    for i in range(len(tokens)):
+        have: Counter = Counter()
+        for j in range(i, min(len(tokens), i + len(target) + 3)):
+            have[tokens[j][2]] += 1
+            same = sum((have & want).values())
+            if same == 0:
+                continue
+            p, r = same / (j - i + 1), same / len(target)
+            f1 = 2 * p * r / (p + r)
+            if f1 > best + 1e-9:
+                best, best_span = f1, (tokens[i][0], tokens[j][1])
+    return text[best_span[0] : best_span[1]] if best_span else answer

@@ -1,0 +1,58 @@
+"""What the applications share: loading the LM once, opening the store, cleaning generated text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from polytask.store import DocStore
+
+_LMS: dict[tuple, object] = {}
+
+
+def get_lm(lm=None, model: str = "default", adapter: str | None = None):
+    """An ``LM`` given, or one loaded once per (model, adapter) for the life of the process."""
+    if lm is not None:
+        return lm
+    key = (model, adapter)
+    if key not in _LMS:
+        from polytask.runtime import LM
+
+        _LMS[key] = LM.load(model, adapter=adapter)
+    return _LMS[key]
+
+
+def open_store(store: DocStore | str | Path | None) -> DocStore:
+    return store if isinstance(store, DocStore) else DocStore(store)
+
+
+def first_line(text: str) -> str:
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def clip_words(text: str, max_words: int) -> str:
+    """At most max_words words, cut after the last full sentence that fits when there is one."""
+    ws = text.split()
+    if len(ws) <= max_words:
+        return text.strip()
+    cut = " ".join(ws[:max_words])
+    end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+    return cut[: end + 1] if end > len(cut) // 3 else cut.rstrip(",;:") + "..."
+
+
+def complete_sentences(text: str) -> str:
+    """Drop a trailing sentence fragment left by the token budget."""
+    text = text.strip()
+    if not text or text[-1] in ".!?\"')":
+        return text
+    end = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    return text[: end + 1] if end > 0 else text
+
+
+def strip_preamble(text: str) -> str:
+    """'The answer is: X' / 'Answer: X' -> 'X'."""
+    return re.sub(r"^(?:the\s+)?(?:short\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?\s*(?:is)?\s*[:\-]?\s*", "",
+                  text.strip(), flags=re.I).strip()
