@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,23 @@ progress = false
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory, default_dir) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+def workdir():
+    """Our own temporary folder: pytest's basetemp rotation (another pytest session of the same
+    user keeps only the last 3) could delete a run's files while a torchrun job still needs them."""
+    with tempfile.TemporaryDirectory(prefix="polytask-train-test-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def tmp_path(workdir, request) -> Path:
+    path = workdir / request.node.name
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def config(workdir, default_dir) -> Path:
+    path = workdir / "tiny.toml"
     path.write_text(CONFIG.format(data=DATA))
     return path
 
@@ -83,16 +99,16 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def reference(config, tmp_path_factory) -> Path:
+def reference(config, workdir) -> Path:
     """ddp on 2 processes, 20 steps, checkpoints at 10 and 20: the run everything is compared with."""
-    run_dir = tmp_path_factory.mktemp("runs") / "ddp"
+    run_dir = workdir / "ddp"
     ok(train(config, run_dir, "--optim.steps", "20"))
     return run_dir
 
 
 @pytest.fixture(scope="module")
-def strategy_runs(config, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("strategies")
+def strategy_runs(config, workdir) -> dict[str, Path]:
+    root = workdir / "strategies"
     runs = {}
     for name, overrides, nproc in [
         ("zero1", ["--parallel.strategy", "zero1"], 2),

@@ -1,0 +1,169 @@
+"""Training throughput: polytask's training step vs transformers' LlamaForCausalLM in a plain loop.
+
+Same architecture, same random batches, same AdamW settings and clipping, one process, fp32;
+the two are timed in alternating rounds so that machine noise hits both alike. polytask runs
+its own pieces (``parallelize`` on a one-process mesh, ``build_optimizer``, ``clip_grad_norm``,
+the loop's loss) with ``--compile`` applying its per-block ``torch.compile``. MFU is achieved
+model FLOP/s (``ModelConfig.flops_per_token``) over an fp32 matmul peak measured here first.
+
+    python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--compile]
+
+Prints a table, then as the last line one JSON object with polytask_tok_s, hf_tok_s, ratio,
+mfu and zero3_over_ddp_state (for the first model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from polytask.config import OptimConfig, ParallelConfig
+from polytask.model import build_model, preset
+from polytask.train import peak
+from polytask.train.optim import build_optimizer, clip_grad_norm
+from polytask.train.parallelize import build_mesh, parallelize
+from polytask.train.planner import model_state
+
+
+def polytask_setup(name: str, compile_blocks: bool):
+    cfg = preset(name)
+
+    def materialize(model):
+        model.to_empty(device="cpu")
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.init_weights(seed=0)
+
+    model = parallelize(
+        build_model(cfg, device="meta"),
+        build_mesh("cpu", 1),
+        ParallelConfig(compile=compile_blocks),
+        materialize,
+        torch.device("cpu"),
+    )
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
+    params = list(model.parameters())
+
+    def step(tokens, targets):
+        logits = model(tokens)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+        (ce.sum() / (targets != -100).sum()).backward()
+        clip_grad_norm(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def hf_setup(name: str, fused: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from polytask.weights import config_to_hf
+
+    cfg = preset(name)
+    hf_cfg = LlamaConfig(**{k: v for k, v in config_to_hf(cfg, torch.float32).items() if k != "torch_dtype"})
+    model = LlamaForCausalLM._from_config(hf_cfg, attn_implementation="sdpa").train()
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-4,
+        betas=(0.9, 0.95),
+        fused=fused or None,
+    )
+
+    def step(tokens, targets):
+        # labels are the inputs: transformers shifts them itself
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step, batches) -> float:
+    t0 = time.perf_counter()
+    for tokens, targets in batches:
+        step(tokens, targets)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "smol-30m"])
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="polytask compiles each block (torch.compile)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--hf-fused", action="store_true", help="give transformers' loop the fused AdamW too")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    peak_flops = peak.measure(torch.device("cpu"), torch.float32, 2048, 3.0)
+    peak.save(peak.device_key(torch.device("cpu"), torch.float32), peak_flops)
+    print(f"fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for name in args.models:
+        cfg = preset(name)
+        vocab = cfg.vocab_size
+
+        def batch(vocab=vocab):
+            row = torch.randint(0, vocab, (args.batch, args.seq_len + 1), generator=gen)
+            return row[:, :-1].contiguous(), row[:, 1:].contiguous()
+
+        ours, theirs = polytask_setup(name, args.compile), hf_setup(name, args.hf_fused)
+        warm = [batch() for _ in range(2)]
+        timed(ours, warm)  # first steps: allocation, Adam state, compilation
+        timed(theirs, warm)
+        ours_t, theirs_t = [], []
+        for _ in range(args.rounds):
+            batches = [batch() for _ in range(args.steps)]
+            ours_t.append(timed(ours, batches))
+            theirs_t.append(timed(theirs, batches))
+        tokens = args.steps * args.batch * args.seq_len
+        ours_tps, hf_tps = tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t)
+        mfu = ours_tps * cfg.flops_per_token(args.seq_len) / peak_flops
+        hf_mfu = hf_tps * cfg.flops_per_token(args.seq_len) / peak_flops
+        ddp, zero3 = sum(model_state(cfg, "ddp", 2)), sum(model_state(cfg, "zero3", 2))
+        rows.append((name, ours_tps, hf_tps, ours_tps / hf_tps, mfu, hf_mfu, zero3 / ddp))
+        del ours, theirs
+
+    print(
+        f"seq_len {args.seq_len} x batch {args.batch}, {args.steps} steps x {args.rounds} alternating rounds, "
+        f"fp32, compile={args.compile}, transformers fused AdamW={args.hf_fused}"
+    )
+    print(f"{'model':<14}{'polytask tok/s':>16}{'hf tok/s':>12}{'ratio':>8}{'mfu':>8}{'hf mfu':>8}{'zero3/ddp':>11}")
+    for name, a, b, r, m, hm, z in rows:
+        print(f"{name:<14}{a:>16.1f}{b:>12.1f}{r:>8.2f}{m:>8.1%}{hm:>8.1%}{z:>11.3f}")
+    name, a, b, r, m, _, z = rows[0]
+    print(
+        json.dumps(
+            {
+                "model": name,
+                "polytask_tok_s": round(a, 1),
+                "hf_tok_s": round(b, 1),
+                "ratio": round(r, 3),
+                "mfu": round(m, 4),
+                "zero3_over_ddp_state": round(z, 4),
+                "all": {row[0]: {"ratio": round(row[3], 3), "mfu": round(row[4], 4)} for row in rows},
+            }
+        )
+    )
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
