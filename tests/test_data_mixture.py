@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from polytask.data import DataConfig, mixture_rates
+from polytask.data import DataConfig, build_data, mixture_rates
 from polytask.data.mixture import MixtureLoader
 from polytask.data.tokenize import TokenizedExamples
 from polytask.errors import PolytaskError
@@ -150,5 +150,9 @@ def test_bad_config():
         DataConfig(tasks={"clinc150": {"weight": -1}}).task_tables()
     with pytest.raises(PolytaskError, match="expected a weight"):
         DataConfig(tasks={"clinc150": "lots"}).task_tables()
+    cfg = DataConfig()
+    cfg.seq_len = 2  # set after construction, as a config loader does
+    with pytest.raises(PolytaskError, match="data.seq_len must be at least 8"):
+        build_data(cfg, None, 0, 1)
     with pytest.raises(PolytaskError, match="outside world_size"):
         loader(rank=2, world_size=2)

@@ -45,6 +45,10 @@ class DataConfig:
     cache: bool = True
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise PolytaskError on a bad value (also run by build_data: config loaders may set fields later)."""
         if not self.tasks:
             raise PolytaskError("data.tasks is empty: name at least one task (e.g. tasks = {clinc150 = 1.0})")
         if self.seq_len < 8:
@@ -76,6 +80,7 @@ class DataConfig:
 
 def build_data(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1) -> MixtureLoader:
     """Read and tokenize every task (cached), then return this rank's iterator of ``Batch``."""
+    cfg.check()
     names, data, sizes, weights = [], [], [], []
     cache_dir = polytask_home() / "data_cache" if cfg.cache else None
     for name, table in cfg.task_tables().items():
