@@ -8,7 +8,7 @@ from serve_util import make_state
 from polytask.serve import create_app
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402  (schemathesis brings hypothesis)
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (schemathesis brings hypothesis)
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 
 
@@ -45,14 +45,15 @@ def fuzz_operation(op, mode, authed: bool, key: str, seen: set, failures: list) 
     headers = {"Authorization": f"Bearer {key}"} if authed else None
 
     @settings(max_examples=12 if authed else 3, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
     @given(op.as_strategy(generation_mode=mode))
     def run(case):
-        if isinstance(case.body, dict) and isinstance(case.body.get("max_tokens"), int):
-            case.body["max_tokens"] = max(1, min(case.body["max_tokens"], 8))  # short generations
+        for field in ("max_tokens", "max_completion_tokens"):  # short generations
+            if isinstance(case.body, dict) and isinstance(case.body.get(field), int):
+                case.body[field] = max(1, min(case.body[field], 8))
         if headers and isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
             case.body["model"] = "default"  # a random model name would stop at the 404
-        response = case.call(headers=headers)
+        response = case.call(headers=headers, timeout=120)
         seen.add((case.method, case.path, response.status_code))
         if response.status_code >= 500:
             failures.append(f"{case.method} {case.formatted_path} ({mode.value}): "
