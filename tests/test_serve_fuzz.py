@@ -44,7 +44,7 @@ def test_no_server_errors(fuzz_target):
 def fuzz_operation(op, mode, authed: bool, key: str, seen: set, failures: list) -> None:
     headers = {"Authorization": f"Bearer {key}"} if authed else None
 
-    @settings(max_examples=12 if authed else 3, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=6 if authed else 2, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
     @given(op.as_strategy(generation_mode=mode))
     def run(case):
