@@ -19,7 +19,7 @@ TURING = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples"
 @pytest.fixture(scope="module")
 def served(tiny_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("serve_home")
-    state = make_state(tiny_dir, home, max_batch=1, max_queue=1, max_upload_bytes=8192)
+    state = make_state(tiny_dir, home, max_batch=1, max_queue=4, max_upload_bytes=8192)
     keys = {
         "a": state.keys.create(["a"], label="a")[0],
         "b": state.keys.create(["b"], label="b")[0],
@@ -92,6 +92,41 @@ def test_upload_list_and_collection_isolation(served):
     # A document id from another collection is not found through one's own collection.
     r = client.delete(f"/api/collections/b/documents/{doc['id']}", headers=kb)
     assert r.status_code == 404 and "document" in r.json()["error"]["message"]
+
+
+def test_summary_is_made_once_and_cached(served):
+    client, state, keys, _ = served
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]),
+                    files={"file": ("note.txt", b"The red team meets on Mondays. The blue team meets on Fridays.")})
+    doc_id = r.json()["id"]
+    first = client.get(f"/api/collections/a/documents/{doc_id}/summary", headers=auth(keys["a"]))
+    assert first.status_code == 200 and isinstance(first.json()["summary"], str)  # (a random model's words)
+    made = state.scheduler.counts["submitted"]
+    again = client.get(f"/api/collections/a/documents/{doc_id}/summary", headers=auth(keys["a"]))
+    assert again.json() == first.json() and state.scheduler.counts["submitted"] == made  # from the cache
+    r = client.get(f"/api/collections/a/documents/{doc_id}/summary?length=huge", headers=auth(keys["a"]))
+    assert r.status_code == 422 and "length" in r.json()["error"]["message"]
+    r = client.get("/api/collections/a/documents/999999/summary", headers=auth(keys["a"]))
+    assert r.status_code == 404 and "document 999999 not found" in r.json()["error"]["message"]
+
+
+def test_suggested_replies(served):
+    client, _, keys, _ = served
+    mail = ("From: Dana <dana@example.org>\nSubject: Thursday\n\nCould we meet on Thursday at 10am? "
+            "Please let me know.\n")
+    r = client.post("/api/reply", headers=auth(keys["a"]), json={"email": mail, "n": 3})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["needs_reply"] and out["subject"] == "Thursday" and "Could we meet" in out["reason"]
+    assert [x["intent"] for x in out["replies"]] == ["accept", "decline", "ask_details"]
+    assert all(x["text"] for x in out["replies"])
+    news = "From: news@shop.example\nPrecedence: bulk\nSubject: Deals\n\nOur autumn sale starts today.\n"
+    out = client.post("/api/reply", headers=auth(keys["a"]), json={"email": news}).json()
+    assert not out["needs_reply"] and out["replies"] == [] and "bulk" in out["reason"]
+    r = client.post("/api/reply", headers=auth(keys["a"]), json={"email": "hello", "n": 9})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("n:")
+    r = client.post("/api/reply", headers=auth(keys["a"]), json={"email": "From: x\n\n"})
+    assert r.status_code in (400, 422) and r.json()["error"]["message"]
 
 
 def test_oversize_uploads_are_refused(served):
@@ -175,7 +210,7 @@ def test_full_queue_answers_429_with_retry_after(served):
         busy = [s.submit([1, 2, 3], SamplingParams(max_new_tokens=2, stop_ids=[]))]
         while s.queue_depth:
             time.sleep(0.01)
-        busy.append(s.submit([1, 2, 3], SamplingParams(max_new_tokens=2, stop_ids=[])))
+        busy += [s.submit([1, 2, 3], SamplingParams(max_new_tokens=2, stop_ids=[])) for _ in range(4)]
         r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body())
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert "queue is full" in r.json()["error"]["message"]

@@ -84,7 +84,7 @@ def demo_setup(state) -> str:
     samples = files("polytask") / "assets" / "samples"
     with DocStore(state.store_path) as db:
         for f in sorted(samples.iterdir()):
-            if f.name.endswith((".md", ".txt", ".html")):
+            if f.name.endswith((".md", ".html", ".pdf", ".docx")):  # documents; the .eml/.txt samples are e-mails
                 db.add(f, "demo")
     for k in state.keys.list():
         if k.label == "demo" and k.revoked_at is None:

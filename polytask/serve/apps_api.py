@@ -24,6 +24,12 @@ class AskBody(BaseModel):
     question: str = Field(min_length=1, max_length=2000)
 
 
+class ReplyBody(BaseModel):
+    email: str = Field(min_length=1, max_length=100_000, description="the message, optionally with its headers")
+    n: int = Field(default=3, ge=1, le=5, description="how many replies, each with a different intent")
+    always: bool = Field(default=False, description="suggest replies even when none seems needed")
+
+
 def add_app_routes(app: FastAPI, state) -> None:
     def collection_for(key: ApiKey, name: str) -> str:
         if not COLLECTION_NAME.match(name) or not key.can_see(name):
@@ -137,7 +143,7 @@ def add_app_routes(app: FastAPI, state) -> None:
     def document_summary(collection: str, doc_id: int, key: Key,
                          length: str = Query("short", pattern="^(short|medium|long)$")) -> dict:
         collection = collection_for(key, collection)
-        from polytask.apps.summarize import summarize_text
+        from polytask.apps.summarize import summarize
 
         with open_store() as db:
             d = doc_or_404(db, collection, doc_id)
@@ -145,6 +151,19 @@ def add_app_routes(app: FastAPI, state) -> None:
         digest = hashlib.sha256(text.encode()).hexdigest()
         cached = state.records.summary(digest, length)
         if cached is None:
-            cached = summarize_text(text, length=length, lm=state.lm).summary
+            cached = summarize(d.path, length, lm=state.lm).text
             state.records.save_summary(digest, length, cached)
         return {"id": doc_id, "length": length, "summary": cached}
+
+    # -- suggested replies --------------------------------------------------------------------------
+    @app.post("/api/reply", tags=["apps"])
+    def suggest_replies(body: ReplyBody, key: Key) -> dict:
+        from polytask.apps.reply import reply
+        from polytask.store.parsers import email_from_text
+
+        mail = email_from_text(body.email, Path("the pasted e-mail"))
+        if not mail.body and not mail.subject:
+            raise HTTPException(422, "email: the pasted e-mail has no text")
+        out = reply(mail, body.n, lm=state.lm, always=body.always)
+        return {"needs_reply": out.needs_reply, "reason": out.reason, "subject": out.subject,
+                "replies": [{"intent": r.intent, "text": r.text} for r in out.replies]}
