@@ -1,0 +1,241 @@
+"""A multi-turn customer-service agent over a knowledge-base folder.
+
+The folder holds Markdown articles and ``intents.yaml``::
+
+    company: Brightpath Bikes
+    confidence_threshold: 0.5        # below it the agent asks a clarifying question
+    intents:
+      track_order:
+        title: tracking an order     # how a clarifying question names it
+        examples: ["where is my order", ...]
+        article: shipping.md         # cited with every answer (optional section: shipping.md#Tracking)
+        answer: "..."                # optional; else the article section's opening sentences
+        needs_human: false           # true: hand over to a person
+
+Each customer message is classified (``IntentClassifier`` over the examples). A confident,
+self-service intent is answered from the knowledge base with the article cited. An unclear
+message gets one clarifying question naming the two likeliest topics; still unclear after
+that, or an intent that needs a person, or a customer asking for one, ends in a hand-off: a
+record with the conversation and the detected intent. Every message and hand-off is stored
+in the SQLite store (tables ``conversations``, ``messages``, ``handoffs``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from polytask.apps.common import open_store
+from polytask.apps.intents import IntentClassifier
+from polytask.errors import PolytaskError
+from polytask.store import DocStore
+from polytask.store.parsers import parse_file
+from polytask.store.text import sentence_spans
+
+ASKS_FOR_PERSON = re.compile(
+    r"\b(?:human|real person|a person|someone real|live agent|an agent|representative|operator|speak to (?:someone|a)|"
+    r"talk to (?:someone|a))\b", re.I)
+ORDINALS = {"first": 0, "1": 0, "one": 0, "former": 0, "second": 1, "2": 1, "two": 1, "latter": 1}
+
+
+@dataclass
+class Intent:
+    name: str
+    title: str
+    examples: list[str]
+    article: str | None
+    section: str | None
+    answer: str | None
+    needs_human: bool
+
+
+@dataclass
+class KnowledgeBase:
+    folder: Path
+    company: str
+    threshold: float
+    intents: dict[str, Intent]
+
+    def article_text(self, intent: Intent) -> tuple[str, str]:
+        """(article title or section, the opening sentences of the article or its section)."""
+        doc = parse_file(self.folder / intent.article)
+        blocks = [b for b in doc.blocks if intent.section is None or b.location == intent.section]
+        body = [b for b in blocks if not doc.text[b.start : b.end].startswith("#")]
+        if not body:
+            return doc.title, ""
+        b = body[0]
+        spans = sentence_spans(doc.text, b.start, b.end)[:3]
+        return (intent.section or doc.title), " ".join(doc.text[s:e] for s, e in spans)
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> PolytaskError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark else str(path)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return PolytaskError(f"{where}: invalid YAML: {problem}")
+
+
+def load_kb(folder: str | Path) -> KnowledgeBase:
+    folder = Path(folder)
+    path = folder / "intents.yaml"
+    if not folder.is_dir():
+        raise PolytaskError(f"{folder}: knowledge base folder not found")
+    if not path.is_file():
+        raise PolytaskError(f"{folder}: no intents.yaml in the knowledge base folder")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise _yaml_error(path, e) from None
+    except UnicodeDecodeError:
+        raise PolytaskError(f"{path}: not UTF-8 text") from None
+    if not isinstance(data, dict) or not isinstance(data.get("intents"), dict) or not data["intents"]:
+        raise PolytaskError(f"{path}: expected a mapping with an 'intents:' mapping of intent names")
+    intents = {}
+    for name, spec in data["intents"].items():
+        where = f"{path}: intent {name!r}"
+        if not isinstance(spec, dict):
+            raise PolytaskError(f"{where}: expected a mapping with examples, article/answer, needs_human")
+        examples = spec.get("examples")
+        if not isinstance(examples, list) or not examples or not all(isinstance(x, str) for x in examples):
+            raise PolytaskError(f"{where}: 'examples' must be a non-empty list of phrases")
+        article, section = spec.get("article"), None
+        if article is not None:
+            article, _, section = str(article).partition("#")
+            section = section or None
+            if not (folder / article).is_file():
+                raise PolytaskError(f"{where}: article {article!r} not found in {folder}")
+        needs_human = spec.get("needs_human", False)
+        if not isinstance(needs_human, bool):
+            raise PolytaskError(f"{where}: needs_human must be true or false")
+        if not (article or spec.get("answer") or needs_human):
+            raise PolytaskError(f"{where}: give an article or an answer (or needs_human: true)")
+        intents[name] = Intent(name, str(spec.get("title", name.replace("_", " "))), examples, article, section,
+                               spec.get("answer"), needs_human)
+    threshold = data.get("confidence_threshold", 0.5)
+    if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise PolytaskError(f"{path}: confidence_threshold must be a number between 0 and 1")
+    return KnowledgeBase(folder, str(data.get("company", folder.name)), float(threshold), intents)
+
+
+@dataclass
+class Turn:
+    text: str
+    action: str  # "answer" | "clarify" | "handoff" | "closed"
+    intent: str | None = None
+    confidence: float | None = None
+    article: str | None = None  # "shipping.md: Tracking your order"
+    handoff: dict | None = None
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_CLASSIFIERS: dict[tuple, IntentClassifier] = {}
+
+
+def kb_classifier(kb: KnowledgeBase) -> IntentClassifier:
+    key = (str(kb.folder.resolve()), tuple((i.name, tuple(i.examples)) for i in kb.intents.values()))
+    if key not in _CLASSIFIERS:
+        texts = [x for i in kb.intents.values() for x in i.examples]
+        labels = [i.name for i in kb.intents.values() for _ in i.examples]
+        _CLASSIFIERS[key] = IntentClassifier().fit(texts, labels)
+    return _CLASSIFIERS[key]
+
+
+class Agent:
+    def __init__(self, kb: KnowledgeBase | str | Path, store: DocStore | str | Path | None = None,
+                 conversation_id: str | None = None) -> None:
+        self.kb = kb if isinstance(kb, KnowledgeBase) else load_kb(kb)
+        self.classifier = kb_classifier(self.kb)
+        self.store = open_store(store)
+        self.id = conversation_id or uuid.uuid4().hex[:12]
+        self.transcript: list[dict] = []
+        self.pending: tuple[str, list[tuple[str, float]]] | None = None  # (unclear message, options offered)
+        self.closed = False
+        with self.store.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO conversations VALUES (?, ?, ?, 'open')",
+                       (self.id, str(self.kb.folder.resolve()), time.time()))
+
+    def greeting(self) -> str:
+        return f"Hello, this is the {self.kb.company} assistant. How can I help you today?"
+
+    def respond(self, message: str) -> Turn:
+        message = message.strip()
+        if not message:
+            raise PolytaskError("the message is empty")
+        self._log("customer", message)
+        turn = self._decide(message)
+        self._log("agent", turn.text, turn)
+        return turn
+
+    def _decide(self, message: str) -> Turn:
+        if self.closed:
+            return Turn("This conversation has been passed to a colleague, who will reply to you soon.", "closed")
+        if ASKS_FOR_PERSON.search(message):
+            return self._handoff("the customer asked for a person", None, None)
+        intent, confidence, ranked = self._classify(message)
+        if confidence < self.kb.threshold:
+            if self.pending is not None:
+                return self._handoff("not confident after a clarifying question", intent, confidence)
+            a, b = (self.kb.intents[name].title for name, _ in ranked[:2])
+            self.pending = (message, ranked[:2])
+            return Turn(f"I want to be sure I understand. Is your question about {a}, or about {b}? "
+                        "You can also ask for a person.", "clarify", intent, confidence, candidates=ranked[:2])
+        self.pending = None
+        spec = self.kb.intents[intent]
+        if spec.needs_human:
+            return self._handoff(f"the issue ({spec.title}) needs a person", intent, confidence)
+        title, text = (None, None)
+        if spec.article:
+            title, text = self.kb.article_text(spec)
+        answer = spec.answer or text
+        cite = f"{spec.article}: {title}" if spec.article else None
+        reply = answer + (f"\n(Source: {cite})" if cite else "")
+        return Turn(reply, "answer", intent, confidence, cite, candidates=ranked)
+
+    def _classify(self, message: str) -> tuple[str, float, list[tuple[str, float]]]:
+        if self.pending is not None:
+            unclear, options = self.pending
+            words = set(re.findall(r"\w+", message.lower()))
+            for w, i in ORDINALS.items():  # "the first one"
+                if w in words and len(words) <= 4 and i < len(options):
+                    return options[i][0], 1.0, options
+            for name, _ in options:  # "about returns"
+                if set(re.findall(r"\w+", self.kb.intents[name].title.lower())) & words - {"a", "an", "the", "my"}:
+                    pred = self.classifier.predict([message + " " + unclear])[0]
+                    if pred.label == name:
+                        return name, max(pred.confidence, self.kb.threshold), pred.ranked
+            both = self.classifier.predict([unclear + " " + message, message])
+            best = max(both, key=lambda p: p.confidence)
+            return best.label, best.confidence, best.ranked
+        p = self.classifier.predict([message])[0]
+        return p.label, p.confidence, p.ranked
+
+    def _handoff(self, reason: str, intent: str | None, confidence: float | None) -> Turn:
+        self.closed = True
+        record = {"conversation_id": self.id, "reason": reason, "intent": intent, "confidence": confidence,
+                  "transcript": list(self.transcript)}
+        with self.store.transaction() as db:
+            cur = db.execute("INSERT INTO handoffs(conversation_id, reason, intent, confidence, transcript, created_at)"
+                             " VALUES (?, ?, ?, ?, ?, ?)",
+                             (self.id, reason, intent, confidence, json.dumps(record["transcript"]), time.time()))
+            db.execute("UPDATE conversations SET status = 'handed_off' WHERE id = ?", (self.id,))
+        record["handoff_id"] = cur.lastrowid
+        text = (f"I'm passing your conversation to a colleague (reference #{cur.lastrowid}), "
+                "who will get back to you shortly.")
+        return Turn(text, "handoff", intent, confidence, handoff=record)
+
+    def _log(self, role: str, text: str, turn: Turn | None = None) -> None:
+        self.transcript.append({"role": role, "text": text, **({"intent": turn.intent} if turn else {})})
+        with self.store.transaction() as db:
+            db.execute("INSERT INTO messages(conversation_id, role, text, intent, confidence, article, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (self.id, role, text, turn.intent if turn else None, turn.confidence if turn else None,
+                        turn.article if turn else None, time.time()))
