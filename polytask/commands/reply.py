@@ -1,0 +1,38 @@
+"""``polytask reply EMAIL [-n 3]``: does this e-mail need a reply, and what could it say."""
+
+from __future__ import annotations
+
+import json
+
+from polytask.cliutil import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reply", help="decide whether an e-mail (.eml/.txt) needs a reply and suggest short replies")
+    p.add_argument("email")
+    p.add_argument("-n", type=int, default=3, help="number of suggestions, one per intent (1-5, default 3)")
+    p.add_argument("--always", action="store_true", help="suggest replies even when none seems needed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from polytask.apps.reply import needs_reply, reply
+    from polytask.cliutil import DTYPES
+    from polytask.store import read_email
+
+    mail = read_email(args.email)  # a bad file fails before the model loads
+    lm = None
+    if args.always or needs_reply(mail)[0]:
+        from polytask.runtime import LM
+
+        lm = LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
+    r = reply(mail, args.n, lm=lm, always=args.always)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+        return 0
+    print(("Reply needed: " if r.needs_reply else "No reply needed: ") + r.reason)
+    for i, x in enumerate(r.replies, 1):
+        print(f"{i}. [{x.intent}] {x.text}")
+    return 0

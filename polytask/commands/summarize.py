@@ -1,0 +1,26 @@
+"""``polytask summarize FILE [--length short|medium|long]``."""
+
+from __future__ import annotations
+
+import json
+
+from polytask.cliutil import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("summarize", help="summarize a document: short (hover card), medium (paragraph), long")
+    p.add_argument("file")
+    p.add_argument("--length", choices=["short", "medium", "long"], default="short")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from polytask.apps.summarize import summarize
+    from polytask.cliutil import DTYPES
+    from polytask.runtime import LM
+
+    s = summarize(args.file, args.length, lm=LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype]))
+    print(json.dumps(s.to_dict()) if args.json else s.text)
+    return 0
