@@ -129,6 +129,25 @@ def test_suggested_replies(served):
     assert r.status_code in (400, 422) and r.json()["error"]["message"]
 
 
+def test_agent_conversation(served):
+    client, state, keys, _ = served
+    r = client.post("/api/agent/conversations", headers=auth(keys["a"]))
+    assert r.status_code == 201 and "Brightpath" in r.json()["greeting"]
+    cid = r.json()["id"]
+    path = f"/api/agent/conversations/{cid}/messages"
+    turn = client.post(path, headers=auth(keys["a"]), json={"text": "I forgot my password and cannot log in"}).json()
+    assert turn["action"] == "answer" and turn["intent"] == "reset_password" and turn["article"]
+    assert client.post(path, headers=auth(keys["b"]), json={"text": "hi"}).status_code == 404  # not b's
+    assert client.get(f"/api/agent/conversations/{cid}", headers=auth(keys["b"])).status_code == 404
+    turn = client.post(path, headers=auth(keys["a"]), json={"text": "Can I talk to a person please?"}).json()
+    assert turn["handoff"] and turn["handoff_id"] and turn["action"] == "handoff"
+    convo = client.get(f"/api/agent/conversations/{cid}", headers=auth(keys["a"])).json()
+    assert convo["closed"] and [m["role"] for m in convo["transcript"]] == ["customer", "agent"] * 2
+    assert client.post(path, headers=auth(keys["a"]), json={"text": ""}).status_code == 422
+    r = client.post("/api/agent/conversations/nope/messages", headers=auth(keys["a"]), json={"text": "hi"})
+    assert r.status_code == 404 and "conversation 'nope' not found" in r.json()["error"]["message"]
+
+
 def test_oversize_uploads_are_refused(served):
     client, state, keys, home = served
     before = sorted(p for p in home.rglob("*") if p.is_file() and "upload" in p.name)
@@ -264,3 +283,13 @@ def test_exposure_warning():
     assert exposure_warning("127.0.0.1", keys_exist=False) is None
     assert exposure_warning("0.0.0.0", keys_exist=True) is None
     assert "no API key exists" in exposure_warning("0.0.0.0", keys_exist=False)
+
+
+def test_serve_command_checks_before_loading(tmp_path, capsys):
+    assert cli(["serve", "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "intents.yaml").write_text("intents:\n  a: [unclosed\n")
+    assert cli(["serve", "--kb", str(kb)]) == 2
+    assert "intents.yaml" in capsys.readouterr().err

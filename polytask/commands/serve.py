@@ -57,6 +57,10 @@ def run(args) -> int:
         raise PolytaskError(f"--port must be in 1..65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise PolytaskError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if args.kb:
+        from polytask.apps.agent import load_kb
+
+        load_kb(args.kb)  # a broken knowledge base fails now, with its file and line, not at the first chat
     sched = SchedulerConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_len=args.max_len,
                             timeout_s=args.timeout)
     state = load_state(args.model, args.adapter, DTYPES[args.dtype], args.store, sched,

@@ -8,6 +8,9 @@ not exist, so a key cannot even learn which other collections there are.
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
+from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
@@ -19,9 +22,15 @@ from polytask.serve.records import display_name, upload_path
 from polytask.store import DocStore
 from polytask.store.parsers import SUFFIX_KIND
 
+MAX_CONVERSATIONS = 1000  # agent conversations kept in memory; the oldest go first
+
 
 class AskBody(BaseModel):
     question: str = Field(min_length=1, max_length=2000)
+
+
+class MessageBody(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
 
 
 class ReplyBody(BaseModel):
@@ -167,3 +176,60 @@ def add_app_routes(app: FastAPI, state) -> None:
         out = reply(mail, body.n, lm=state.lm, always=body.always)
         return {"needs_reply": out.needs_reply, "reason": out.reason, "subject": out.subject,
                 "replies": [{"intent": r.intent, "text": r.text} for r in out.replies]}
+
+    # -- the virtual agent ----------------------------------------------------------------------------
+    # Conversations live in memory (the agent's turn state) and in the store (messages, hand-offs).
+    # Each request lends the agent a store connection of its own thread (SQLite connections are per thread).
+    agents: OrderedDict[str, tuple[threading.Lock, object]] = OrderedDict()
+    agents_lock = threading.Lock()
+    kb_cache: dict = {}
+
+    def knowledge_base():
+        from polytask.apps.agent import load_kb
+
+        if "kb" not in kb_cache:
+            kb_cache["kb"] = load_kb(state.kb_dir or files("polytask") / "assets" / "kb")
+        return kb_cache["kb"]
+
+    def conversation_or_404(key: ApiKey, conversation_id: str):
+        owner = state.records.conversation_owner(conversation_id)
+        with agents_lock:
+            entry = agents.get(conversation_id)
+            if entry is not None:
+                agents.move_to_end(conversation_id)
+        if owner is None or entry is None or (owner != key.id and not key.admin):
+            raise HTTPException(404, f"conversation {conversation_id!r} not found")
+        return entry
+
+    @app.post("/api/agent/conversations", tags=["apps"], status_code=201)
+    def start_conversation(key: Key) -> dict:
+        from polytask.apps.agent import Agent
+
+        with open_store() as db:
+            agent = Agent(knowledge_base(), store=db)
+        agent.store = None  # lent per request
+        state.records.own_conversation(agent.id, key.id)
+        with agents_lock:
+            agents[agent.id] = (threading.Lock(), agent)
+            while len(agents) > MAX_CONVERSATIONS:
+                agents.popitem(last=False)
+        return {"id": agent.id, "greeting": agent.greeting()}
+
+    @app.post("/api/agent/conversations/{conversation_id}/messages", tags=["apps"])
+    def agent_message(conversation_id: str, body: MessageBody, key: Key) -> dict:
+        lock, agent = conversation_or_404(key, conversation_id)
+        with lock, open_store() as db:
+            agent.store = db
+            try:
+                turn = agent.respond(body.text)
+            finally:
+                agent.store = None
+        return {"reply": turn.text, "action": turn.action, "intent": turn.intent, "confidence": turn.confidence,
+                "article": turn.article, "handoff": turn.action == "handoff",
+                "handoff_id": (turn.handoff or {}).get("handoff_id")}
+
+    @app.get("/api/agent/conversations/{conversation_id}", tags=["apps"])
+    def get_conversation(conversation_id: str, key: Key) -> dict:
+        lock, agent = conversation_or_404(key, conversation_id)
+        with lock:
+            return {"id": agent.id, "closed": agent.closed, "transcript": list(agent.transcript)}

@@ -201,12 +201,16 @@ $("#agent-form").addEventListener("submit", (ev) => {
   const text = $("#agent-input").value.trim();
   if (!text) return;
   busy($("#agent-send"), async () => {
-    if (!conversationId) conversationId = (await api("POST", "/api/agent/conversations", {})).id;
+    if (!conversationId) {
+      const c = await api("POST", "/api/agent/conversations");
+      conversationId = c.id;
+      addMessage("agent greeting", c.greeting);
+    }
     addMessage("user", text);
     $("#agent-input").value = "";
     const r = await api("POST", `/api/agent/conversations/${conversationId}/messages`, { text });
-    const notes = [r.article ? `source: ${r.article}` : "", r.intent ? `intent: ${r.intent}` : "",
-                   r.handoff ? "handed over to a person" : ""].filter(Boolean).join(" · ");
+    const notes = [r.intent ? `intent: ${r.intent.replaceAll("_", " ")}` : "",
+                   r.handoff ? `handed over to a person (#${r.handoff_id})` : ""].filter(Boolean).join(" · ");
     const div = addMessage("agent", r.reply, notes);
     if (r.handoff) div.classList.add("handoff");
   });
