@@ -103,13 +103,17 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=skip_special)
 
+    @cached_property
+    def _template(self):
+        return _jinja_env().from_string(self.chat_template)
+
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The conversation as the model was trained to see it (its own Jinja chat template)."""
         if not self.chat_template:
             # A base model without a template: plain "role: content" lines.
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
             return text + ("assistant: " if add_generation_prompt else "")
-        return _jinja_env().from_string(self.chat_template).render(
+        return self._template.render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "",
