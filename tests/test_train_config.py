@@ -148,10 +148,15 @@ def test_missing_data_leaves_nothing_behind(tmp_path, capsys, default_dir):
 def test_run_dir_of_another_run_and_checkpoint_of_another_model(tmp_path, capsys, default_dir):
     run_dir = tmp_path / "run"
     args = ["train", "--config", str(write(tmp_path, TINY)), "--run-dir", str(run_dir)]
-    assert main(args) == 0  # one process, 2 steps: a real run with a final checkpoint
+    assert main([*args, "--metrics.peak_flops", "1e11"]) == 0  # one process, 2 steps, a final checkpoint
     capsys.readouterr()
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "model_state_bytes", "peak_rss_bytes"):
+        assert last[key] > 0, key
+    assert 0 < last["mfu"] < 1 and set(last["task_loss"]) == {"clinc150"}
+    assert (run_dir / "checkpoints" / "step_00000002" / "config.toml").exists()
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    assert last["step"] == 2
 
     assert main(args) == 2  # the same folder again, without --resume
     err = capsys.readouterr().err
@@ -173,3 +178,15 @@ def test_tensorboard_without_the_package(tmp_path, capsys):
     assert main(args) == 2
     assert "needs the tensorboard package" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_peak_is_measured_and_cached(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from polytask.train import peak
+
+    monkeypatch.setenv("POLYTASK_HOME", str(tmp_path))
+    assert main(["peak", "--device", "cpu", "--size", "128", "--seconds", "0.2"]) == 0
+    assert "GFLOP/s (saved for MFU)" in capsys.readouterr().out
+    assert peak.cached(torch.device("cpu"), torch.float32) > 0
+    assert peak.cached(torch.device("cpu"), torch.bfloat16) is None
