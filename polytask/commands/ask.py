@@ -22,15 +22,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from polytask.apps.ask import ask
+    from polytask.apps.ask import ask, resolve_docs
     from polytask.cliutil import DTYPES
     from polytask.runtime import LM
+    from polytask.store import DocStore
 
     if not args.question.strip():
         raise PolytaskError("the question is empty")
-    lm = LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
-    a = ask(args.question, doc=args.doc, collection=args.collection, store=args.store, lm=lm,
-            max_new_tokens=args.max_new_tokens)
+    with DocStore(args.store) as store:
+        resolve_docs(store, args.doc, args.collection)  # a bad file or empty collection fails before the model loads
+        lm = LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
+        a = ask(args.question, doc=args.doc, collection=args.collection, store=store, lm=lm,
+                max_new_tokens=args.max_new_tokens)
     if args.json:
         print(json.dumps(a.to_dict()))
         return 0
