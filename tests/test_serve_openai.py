@@ -106,3 +106,22 @@ def test_disconnect_frees_the_slot(server):
         threading.Event().wait(0.01)
     assert s.counts["cancelled"] == before + 1 and s.active == 0
     assert s.counts["tokens"] - tokens_before < 300  # it stopped long before its 400 tokens
+
+
+def test_non_streaming_client_giving_up_frees_the_slot(server):
+    import httpx
+
+    url, key, state = server
+    s = state.scheduler
+    before = s.counts["cancelled"]
+    body = {"model": state.model_id, "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 400, "temperature": 0}
+    with s.model_lock:  # nothing can finish before the client has given up
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
+                       timeout=httpx.Timeout(10, read=0.5))
+    for _ in range(1000):
+        if s.counts["cancelled"] > before and s.active == 0:
+            break
+        threading.Event().wait(0.01)
+    assert s.counts["cancelled"] == before + 1 and s.active == 0
