@@ -10,6 +10,13 @@ whole documents never trained on) before and after, and ``polytask vocab`` the t
 
 Every step is a real command; the script prints them and the figures, and writes them to
 WORKDIR/results.json.
+
+Measured once (``--docs 400 --steps 12``, 2 shared CPU cores): 400 "Biology and health sciences"
+leads, 40 held out (4,638 tokens); LoRA rank 16, 12 steps x 1,024 tokens (962 s under load):
+held-out perplexity 15.51 -> 12.39 (-20.1%). Much of a gain this fast is the folder's form (a
+title line, then a lead that restates it), which is what continued pretraining on a company's
+documents is for as well. Tokens per word on the held-out leads with the 100 terms that
+``polytask vocab`` finds on the training leads: 1.418 -> 1.410.
 """
 
 from __future__ import annotations
