@@ -24,7 +24,7 @@ from pathlib import Path
 from polytask.apps.common import complete_sentences, first_line, get_lm, open_store, strip_preamble
 from polytask.errors import PolytaskError
 from polytask.store import DocStore, Hit
-from polytask.store.text import WORD, content_words, sentence_spans, stem
+from polytask.store.text import STOPWORDS, WORD, content_words, sentence_spans, stem
 
 ADHOC_COLLECTION = "_files"  # where `ask --doc FILE` indexes the file (unchanged files are not re-read)
 PROMPT = "{context}\n\nQuestion: {question}\nAnswer in a few words, using only the text above."
@@ -181,11 +181,12 @@ def informative_words(question: str, hits: list[Hit]) -> set[str]:
 def best_extract(answer: str, question: str, text: str, start: int, end: int) -> str:
     """The span of text[start:end] whose words best match the answer (token F1), shortest on ties.
 
-    Words the answer repeats from the question are dropped first ("He got his PhD at
-    Princeton" -> "Princeton" for "Where did he get his PhD?")."""
+    Words the answer repeats from the question, and function words, are dropped first ("His PhD
+    is from Princeton" -> "Princeton" for "Where did he get his PhD?")."""
     qwords = {w.lower() for w in WORD.findall(question)}
-    target = [w.lower() for w in WORD.findall(answer) if w.lower() not in qwords] or [
-        w.lower() for w in WORD.findall(answer)]
+    answer_words = [w.lower() for w in WORD.findall(answer)]
+    target = ([w for w in answer_words if w not in qwords and w not in STOPWORDS]
+              or [w for w in answer_words if w not in qwords] or answer_words)
     tokens = [(m.start() + start, m.end() + start, m.group().lower()) for m in WORD.finditer(text[start:end])]
     if not target or not tokens:
         return answer

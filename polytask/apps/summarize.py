@@ -73,7 +73,7 @@ def summarize(
     lm=None,
     model: str = "default",
     adapter: str | None = None,
-    chunk_chars: int = 3000,
+    chunk_chars: int = 4000,
 ) -> Summary:
     """Summarize a .txt/.md/.html/.docx/.pdf/.eml file at the given length."""
     if length not in LENGTHS:

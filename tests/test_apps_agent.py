@@ -1,0 +1,92 @@
+"""The virtual agent over the shipped Brightpath Bikes knowledge base: dialogues that must
+resolve, clarify or hand over, what is stored, and broken knowledge bases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from polytask.apps.agent import Agent, load_kb
+from polytask.cli import main
+from polytask.errors import PolytaskError
+
+KB = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "kb"
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "agent.sqlite"
+
+
+def test_resolves_with_the_article_cited(db):
+    agent = Agent(KB, store=db)
+    turn = agent.respond("Hi, where is my parcel? I ordered it last week")
+    assert turn.action == "answer" and turn.intent == "track_order"
+    assert turn.article == "shipping.md: Tracking your order" and "Track parcel" in turn.text
+    turn = agent.respond("and how long do refunds take?")
+    assert turn.intent == "refund_status" and "5 working days" in turn.text
+
+
+def test_clarifies_then_resolves(db):
+    agent = Agent(KB, store=db)
+    first = agent.respond("hello")
+    assert first.action == "clarify" and len(first.candidates) == 2
+    chosen = agent.respond("the first one")
+    assert chosen.action == "answer" and chosen.intent == first.candidates[0][0]
+
+
+def test_hands_over_when_needed_asked_or_unsure(db):
+    claim = Agent(KB, store=db).respond("my frame has cracked after two months")
+    assert claim.action == "handoff" and claim.intent == "warranty_claim"
+    assert claim.handoff["transcript"][0]["text"] == "my frame has cracked after two months"
+    asked = Agent(KB, store=db).respond("I'd like to speak to a real person")
+    assert asked.action == "handoff" and "asked for a person" in asked.handoff["reason"]
+    unsure = Agent(KB, store=db)
+    assert unsure.respond("hmm").action == "clarify"
+    assert unsure.respond("blue").action == "handoff"
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT reason, intent, transcript FROM handoffs ORDER BY id").fetchall()
+        assert [r[1] for r in rows][:1] == ["warranty_claim"] and len(rows) == 3
+        assert json.loads(rows[2][2])[0]["text"] == "hmm"
+        assert c.execute("SELECT COUNT(*) FROM conversations WHERE status = 'handed_off'").fetchone()[0] == 3
+        assert c.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2 * 4
+
+
+def test_cli_scripted_dialogue(db, capsys):
+    rc = main(["agent", "--kb", str(KB), "--store", str(db), "--json", "-m", "my card was declined",
+               "-m", "put me through to an agent"])
+    turns = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and [t["action"] for t in turns] == ["answer", "handoff"]
+    assert turns[0]["intent"] == "payment_failed" and turns[0]["article"].startswith("payments.md")
+
+
+def _broken_kb(tmp_path: Path, yaml_text: str) -> Path:
+    kb = tmp_path / "kb"
+    shutil.copytree(KB, kb)
+    (kb / "intents.yaml").write_text(yaml_text)
+    return kb
+
+
+def test_broken_yaml_names_file_and_line(tmp_path, capsys):
+    kb = _broken_kb(tmp_path, "company: X\nintents:\n  a:\n    examples: [one, two\n    needs_human: false\n")
+    with pytest.raises(PolytaskError, match=r"intents\.yaml:\d+: invalid YAML"):
+        load_kb(kb)
+    assert main(["agent", "--kb", str(kb), "-m", "hi", "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "intents.yaml:" in err
+    assert not (tmp_path / "s.sqlite").exists()  # nothing was stored
+
+
+def test_bad_kb_contents(tmp_path):
+    kb = _broken_kb(tmp_path, "intents:\n  a:\n    examples: [hi]\n    article: missing.md\n")
+    with pytest.raises(PolytaskError, match="article 'missing.md' not found"):
+        load_kb(kb)
+    kb2 = _broken_kb(tmp_path / "2", "intents:\n  a:\n    examples: []\n    answer: x\n")
+    with pytest.raises(PolytaskError, match="'examples' must be a non-empty list"):
+        load_kb(kb2)
+    with pytest.raises(PolytaskError, match="no intents.yaml"):
+        load_kb(tmp_path)

@@ -1,0 +1,46 @@
+"""Document Q&A on the shipped Turing biography with the real default model (few, short generations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polytask.apps.ask import ask, best_extract
+from polytask.errors import PolytaskError
+from polytask.store import DocStore
+
+TURING = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples" / "turing.md"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with DocStore(tmp_path_factory.mktemp("ask") / "s.sqlite") as s:
+        yield s
+
+
+def test_phd_at_princeton_with_the_sentence_quoted(store, default_lm):
+    a = ask("Where did he get his PhD?", doc=TURING, store=store, lm=default_lm)
+    assert a.found and "Princeton" in a.text
+    src = a.sources[0]
+    assert src.file == str(TURING.resolve()) and src.location == "Computable numbers and Princeton"
+    assert src.quote.startswith("He obtained his PhD from Princeton in 1938")
+    assert TURING.read_text(encoding="utf-8")[src.start : src.end] == src.quote  # offsets into the file
+
+
+def test_says_so_when_the_document_lacks_the_answer(store, default_lm):
+    for q in ("What was Turing's favourite food?", "What is the capital of Peru?"):
+        a = ask(q, doc=TURING, store=store, lm=default_lm, max_new_tokens=24)
+        assert not a.found and "do not contain" in a.text and a.sources == []
+
+
+def test_extract_drops_question_words():
+    text = "He obtained his PhD from Princeton in 1938."
+    assert best_extract("His PhD is from Princeton", "Where did he get his PhD?", text, 0, len(text)) == "Princeton"
+
+
+def test_bad_requests(store):
+    with pytest.raises(PolytaskError, match="exactly one of"):
+        ask("Who?", store=store, lm=object())
+    with pytest.raises(PolytaskError, match="question is empty"):
+        ask("  ", doc=TURING, store=store, lm=object())
