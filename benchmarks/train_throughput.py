@@ -4,7 +4,8 @@ Same architecture, same random batches, same AdamW settings and clipping, one pr
 the two are timed in alternating rounds so that machine noise hits both alike. polytask runs
 its own pieces (``parallelize`` on a one-process mesh, ``build_optimizer``, ``clip_grad_norm``,
 the loop's loss) with ``--compile`` applying its per-block ``torch.compile``. MFU is achieved
-model FLOP/s (``ModelConfig.flops_per_token``) over an fp32 matmul peak measured here first.
+model FLOP/s (``ModelConfig.flops_per_token``) over an fp32 matmul peak measured here
+before every round (the best is kept: a shared machine's noise lowers MFU, never raises it).
 
     python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--compile]
 
@@ -112,8 +113,7 @@ def main() -> None:
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     peak_flops = peak.measure(torch.device("cpu"), torch.float32, 2048, 3.0)
-    peak.save(peak.device_key(torch.device("cpu"), torch.float32), peak_flops)
-    print(f"fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+
     gen = torch.Generator().manual_seed(0)
     rows = []
     for name in args.models:
@@ -130,22 +130,25 @@ def main() -> None:
         timed(theirs, warm)
         ours_t, theirs_t = [], []
         for _ in range(args.rounds):
+            # The machine is shared: re-measure the peak every round and keep the best (a lower MFU).
+            peak_flops = max(peak_flops, peak.measure(torch.device("cpu"), torch.float32, 2048, 1.0))
             batches = [batch() for _ in range(args.steps)]
             ours_t.append(timed(ours, batches))
             theirs_t.append(timed(theirs, batches))
         tokens = args.steps * args.batch * args.seq_len
         ours_tps, hf_tps = tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t)
-        mfu = ours_tps * cfg.flops_per_token(args.seq_len) / peak_flops
-        hf_mfu = hf_tps * cfg.flops_per_token(args.seq_len) / peak_flops
         ddp, zero3 = sum(model_state(cfg, "ddp", 2)), sum(model_state(cfg, "zero3", 2))
-        rows.append((name, ours_tps, hf_tps, ours_tps / hf_tps, mfu, hf_mfu, zero3 / ddp))
+        rows.append((name, ours_tps, hf_tps, cfg.flops_per_token(args.seq_len), zero3 / ddp))
         del ours, theirs
 
+    peak.save(peak.device_key(torch.device("cpu"), torch.float32), peak_flops)
+    print(f"fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads), best of all rounds")
     print(
         f"seq_len {args.seq_len} x batch {args.batch}, {args.steps} steps x {args.rounds} alternating rounds, "
         f"fp32, compile={args.compile}, transformers fused AdamW={args.hf_fused}"
     )
     print(f"{'model':<14}{'polytask tok/s':>16}{'hf tok/s':>12}{'ratio':>8}{'mfu':>8}{'hf mfu':>8}{'zero3/ddp':>11}")
+    rows = [(name, a, b, a / b, a * f / peak_flops, b * f / peak_flops, z) for name, a, b, f, z in rows]
     for name, a, b, r, m, hm, z in rows:
         print(f"{name:<14}{a:>16.1f}{b:>12.1f}{r:>8.2f}{m:>8.1%}{hm:>8.1%}{z:>11.3f}")
     name, a, b, r, m, _, z = rows[0]

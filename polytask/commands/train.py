@@ -9,7 +9,7 @@ from pathlib import Path
 
 EPILOG = """config overrides: --SECTION.KEY VALUE (or --SECTION.KEY=VALUE), e.g. --optim.lr 1e-3
 --parallel.strategy zero3 --data.seq_len 256. Sections: model, data, optim, parallel, checkpoint,
-metrics; the keys and their meaning are the fields of polytask/config.py. Precedence: command
+metrics, lora; the keys and their meaning are the fields of polytask/config.py. Precedence: command
 line > --config file > defaults. Under torchrun: torchrun --nproc-per-node N -m polytask train ..."""
 
 
