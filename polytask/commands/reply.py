@@ -18,10 +18,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from polytask.apps.reply import needs_reply, reply
+    from polytask.apps.reply import INTENTS, needs_reply, reply
     from polytask.cliutil import DTYPES
+    from polytask.errors import PolytaskError
     from polytask.store import read_email
 
+    if not 1 <= args.n <= len(INTENTS):
+        raise PolytaskError(f"-n must be between 1 and {len(INTENTS)} (one reply per intent), got {args.n}")
     mail = read_email(args.email)  # a bad file fails before the model loads
     lm = None
     if args.always or needs_reply(mail)[0]:

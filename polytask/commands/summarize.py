@@ -20,7 +20,9 @@ def run(args) -> int:
     from polytask.apps.summarize import summarize
     from polytask.cliutil import DTYPES
     from polytask.runtime import LM
+    from polytask.store import parse_file
 
+    parse_file(args.file)  # a bad file fails before the model loads
     s = summarize(args.file, args.length, lm=LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype]))
     print(json.dumps(s.to_dict()) if args.json else s.text)
     return 0
