@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +136,7 @@ class Request:
         self.error: BaseException | None = None
         self.cancelled = False
         self._done = threading.Event()
+        self._ended = False  # the async consumer has seen the end marker
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
         # sampling state, owned by the scheduler thread
@@ -185,10 +186,19 @@ class Request:
             yield t
         self._raise_if_failed()
 
-    async def __aiter__(self) -> AsyncIterator[int]:
-        while (t := await self._events.get()) is not None:
-            yield t
+    # A plain async iterator, not an async generator: a consumer task cancelled mid-wait leaves
+    # nothing half-closed behind.
+    def __aiter__(self) -> Request:
+        return self
+
+    async def __anext__(self) -> int:
+        if not self._ended:
+            t = await self._events.get()
+            if t is not None:
+                return t
+            self._ended = True
         self._raise_if_failed()
+        raise StopAsyncIteration
 
     def result(self) -> Completion:
         self._done.wait()
@@ -361,24 +371,30 @@ class Scheduler:
             if reason := self._expired(req, time.monotonic()):
                 self._retire(req, reason)
                 continue
-            req.started = time.monotonic()
-            p = req.params
-            if p.temperature > 0:
-                req.generator = torch.Generator(device=self.device)
-                req.generator.manual_seed(p.seed if p.seed is not None else torch.seed())
-            ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
-            if p.repetition_penalty != 1.0:
-                req.seen = ids.clone()
-            n = len(req.prompt)
-            prefill = KVCache(self.model.config, 1, n, self.dtype, self.device)
-            with self.model_lock:
-                logits = self.model(ids, cache=prefill, last_only=True)[:, -1]
-            self.counts["prompt_tokens"] += n
-            slot = len(self.rows)
-            if self._accept(req, self._sample_row(req, logits), n):
-                self.cache.load(slot, prefill, n)
-                self.rows.append(req)
-                self.lengths.append(n)
+            try:
+                self._prefill(req)
+            except Exception as e:  # this request alone fails (e.g. its sampling settings overflow)
+                self._retire(req, "error", e)
+
+    def _prefill(self, req: Request) -> None:
+        req.started = time.monotonic()
+        p = req.params
+        if p.temperature > 0:
+            req.generator = torch.Generator(device=self.device)
+            req.generator.manual_seed(p.seed if p.seed is not None else torch.seed())
+        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
+        if p.repetition_penalty != 1.0:
+            req.seen = ids.clone()
+        n = len(req.prompt)
+        prefill = KVCache(self.model.config, 1, n, self.dtype, self.device)
+        with self.model_lock:
+            logits = self.model(ids, cache=prefill, last_only=True)[:, -1]
+        self.counts["prompt_tokens"] += n
+        slot = len(self.rows)
+        if self._accept(req, self._sample_row(req, logits), n):
+            self.cache.load(slot, prefill, n)
+            self.rows.append(req)
+            self.lengths.append(n)
 
     def _sample_row(self, req: Request, logits: torch.Tensor) -> int:
         return int(Engine._sample(logits.float(), req.params, req.generator, req.seen)[0])
@@ -430,7 +446,12 @@ class Scheduler:
         picked = dict(zip(plain, logits[plain].argmax(-1).tolist(), strict=True)) if plain else {}
         gone = []
         for i, r in enumerate(self.rows):
-            token = picked[i] if i in picked else self._sample_row(r, logits[i : i + 1])
+            try:
+                token = picked[i] if i in picked else self._sample_row(r, logits[i : i + 1])
+            except Exception as e:  # one row's sampling settings failed: that row alone ends
+                self._retire(r, "error", e)
+                gone.append(i)
+                continue
             if not self._accept(r, token, self.lengths[i]):
                 gone.append(i)
         self._drop(gone)

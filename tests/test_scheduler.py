@@ -180,3 +180,16 @@ def test_slot_cache_grows_and_shrinks(engine):
         assert s.cache.capacity == 256 and s.cache.k.shape[3] == 256
     finally:
         s.close()
+
+
+def test_a_request_whose_sampling_fails_ends_alone(engine, sched):
+    bad = SamplingParams(max_new_tokens=5, temperature=1e-300, stop_ids=[])  # 1/temperature overflows
+    ps = prompts(3, seed=8)
+    good = SamplingParams(max_new_tokens=6, stop_ids=[])
+    ok = sched.submit(ps[0], good)
+    failing = sched.submit(ps[1], bad)
+    with pytest.raises(RuntimeError):
+        failing.result()
+    assert failing.finish_reason == "error"
+    assert ok.result().tokens == alone(engine, ps[0], good)
+    assert sched.submit(ps[2], good).result().tokens == alone(engine, ps[2], good)  # the loop lives on

@@ -220,6 +220,10 @@ def test_stop_strings_cut_the_text(served):
                       json=chat_body(max_tokens=12, temperature=0, stop=stop)).json()
     assert cut["choices"][0]["message"]["content"] == text[: text.find(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
+    # A temperature too small to divide by is greedy, not a server error.
+    tiny = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                       json=chat_body(max_tokens=12, temperature=5e-324)).json()
+    assert tiny["choices"][0]["message"]["content"] == text
 
 
 def test_full_queue_answers_429_with_retry_after(served):

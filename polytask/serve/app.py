@@ -228,7 +228,9 @@ def create_app(state: ServeState) -> FastAPI:
             raise PolytaskError(f"the messages are {len(prompt)} tokens; this server allows "
                                 f"{state.scheduler.max_len} per request (prompt + completion)")
         wanted = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
-        params = SamplingParams(max_new_tokens=min(wanted, room), temperature=body.temperature,
+        # Below 1e-3 sampling is argmax in all but name, and 1/temperature would overflow: greedy.
+        temperature = body.temperature if body.temperature >= 1e-3 else 0.0
+        params = SamplingParams(max_new_tokens=min(wanted, room), temperature=temperature,
                                 top_p=body.top_p, seed=body.seed)
         stops = [body.stop] if isinstance(body.stop, str) else [s for s in (body.stop or []) if s]
         req = state.scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
