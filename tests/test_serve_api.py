@@ -224,6 +224,9 @@ def test_stop_strings_cut_the_text(served):
     tiny = client.post("/v1/chat/completions", headers=auth(keys["a"]),
                        json=chat_body(max_tokens=12, temperature=5e-324)).json()
     assert tiny["choices"][0]["message"]["content"] == text
+    r = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                    json=chat_body(max_tokens=3, temperature=0.5, top_p=1e-323))  # 0 in fp32
+    assert r.status_code == 200
 
 
 def test_full_queue_answers_429_with_retry_after(served):

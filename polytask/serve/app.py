@@ -230,8 +230,10 @@ def create_app(state: ServeState) -> FastAPI:
         wanted = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
         # Below 1e-3 sampling is argmax in all but name, and 1/temperature would overflow: greedy.
         temperature = body.temperature if body.temperature >= 1e-3 else 0.0
+        # top_p below 1e-6 keeps only the likeliest token either way (its probability is at least
+        # 1/vocab), and a smaller one rounds to 0 in fp32, which would drop every token.
         params = SamplingParams(max_new_tokens=min(wanted, room), temperature=temperature,
-                                top_p=body.top_p, seed=body.seed)
+                                top_p=max(body.top_p, 1e-6), seed=body.seed)
         stops = [body.stop] if isinstance(body.stop, str) else [s for s in (body.stop or []) if s]
         req = state.scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
