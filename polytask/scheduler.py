@@ -235,6 +235,7 @@ class Scheduler:
         self.counts = {"submitted": 0, "rejected": 0, "stop": 0, "length": 0, "timeout": 0, "cancelled": 0,
                        "error": 0, "tokens": 0, "prompt_tokens": 0, "steps": 0}
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
+        self._service_s = 10.0  # seconds a request holds a slot (moving average; a guess until measured)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="polytask-scheduler", daemon=True)
         self._thread.start()
@@ -309,9 +310,9 @@ class Scheduler:
         return sum(n for _, n in recent) / span
 
     def retry_after_s(self) -> float:
-        """A rough wait until a queued request would start: the queue ahead over the finishing rate."""
-        done = sum(self.counts[k] for k in ("stop", "length", "timeout", "cancelled", "error"))
-        return max(1.0, min(60.0, len(self.waiting) / max(1, self.config.max_batch) * (1 + 10 * (done == 0))))
+        """A rough wait until a slot frees up: the waiting batches times a request's usual time in a slot."""
+        batches_ahead = len(self.waiting) / max(1, self.config.max_batch)
+        return max(1.0, min(60.0, batches_ahead * self._service_s))
 
     def close(self) -> None:
         with self.cond:
@@ -352,6 +353,8 @@ class Scheduler:
 
     def _retire(self, req: Request, reason: str, error: BaseException | None = None) -> None:
         self.counts[reason] += 1
+        if req.started is not None:  # moving average of the time a request holds a slot
+            self._service_s += 0.1 * (time.monotonic() - req.started - self._service_s)
         req._finish(reason, error)
 
     def _expired(self, req: Request, now: float) -> str | None:
