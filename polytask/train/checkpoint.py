@@ -13,6 +13,7 @@ never looks like a checkpoint. Only the last ``keep`` are kept.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -145,7 +146,9 @@ def load_for_export(ckpt: Path) -> tuple[Llama, dict]:
         apply_lora(model, LoraConfig(**lora))
     model.to_empty(device="cpu")
     sd = model.state_dict()
-    dcp.load({"model": sd}, checkpoint_id=str(ckpt))
+    with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent here
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"model": sd}, checkpoint_id=str(ckpt))
     model.load_state_dict(sd)
     model.reset_rope()
     if lora.get("rank"):
