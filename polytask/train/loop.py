@@ -52,7 +52,12 @@ def init_distributed(device_pref: str) -> torch.device:
         device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group(backend)
+        # After a torchrun restart the store may still hold the dead attempt's gloo addresses under
+        # the same keys (a rank then connects to a closed port); give every attempt its own keys.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"polytask/attempt{attempt}", store), rank=rank,
+                                world_size=world)
     else:
         device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
