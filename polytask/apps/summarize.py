@@ -7,6 +7,7 @@ summaries are summarized again until they fit (map-reduce).
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ LENGTHS = {
     "medium": ("Summarize this text in one paragraph of four or five sentences.", 160, 130),
     "long": ("Summarize this section in two or three sentences.", 96, 80),
 }
+PREAMBLE = re.compile(r"^(?:here(?:'s| is| are)|sure|certainly|summary)\b[^\n]*:\s*", re.I)  # "Here is a summary:"
 MAP_INSTRUCTION = "Summarize this part of a longer document in two sentences."
 
 
@@ -39,7 +41,7 @@ class Summary:
 def _generate(lm, instruction: str, texts: list[str], max_new_tokens: int) -> list[str]:
     prompts = [[{"role": "user", "content": f"{instruction}\n\n{t}"}] for t in texts]
     out = lm.chat(prompts, max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.1)
-    return [complete_sentences(o.strip()) for o in out]
+    return [complete_sentences(PREAMBLE.sub("", o.strip()).strip()) for o in out]
 
 
 def _groups(pieces: list[str], chunk_chars: int) -> list[str]:
