@@ -23,17 +23,7 @@ def register(sub) -> None:
         "finetune", help="fine-tune a pretrained model (full or LoRA) on a task mixture or documents",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="TOML file with [model] (init_from) [data] [optim] [parallel] [lora] ...")
-    p.add_argument("--run-dir", default=None, help="output folder (default runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint, if any")
-    parse_known = p.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):  # --section.key VALUE pairs go to polytask.config
-        ns, rest = parse_known(args, namespace)
-        ns.overrides = rest
-        return ns, []
-
-    p.parse_known_args = parse_known_args
+    train_command.add_run_args(p, "TOML file with [model] (init_from) [data] [optim] [parallel] [lora] ...")
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,13 @@ def register(sub) -> None:
         "train", help="train a model on a task mixture (one process or under torchrun)", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="TOML file with [model] [data] [optim] [parallel] [checkpoint] [metrics]")
+    add_run_args(p, "TOML file with [model] [data] [optim] [parallel] [checkpoint] [metrics]")
+    p.set_defaults(func=run)
+
+
+def add_run_args(p: argparse.ArgumentParser, config_help: str) -> None:
+    """--config, --run-dir, --resume and the free-form --section.key overrides (train and finetune)."""
+    p.add_argument("--config", help=config_help)
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint, if any")
     parse_known = p.parse_known_args
@@ -31,7 +37,6 @@ def register(sub) -> None:
         return ns, []
 
     p.parse_known_args = parse_known_args
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from polytask.errors import PolytaskError
 from polytask.tasks.base import Example, Task
+from polytask.tasks.generic import path_option
 from polytask.tasks.metrics import perplexity
 
 
@@ -26,12 +27,7 @@ class DocsTask(Task):
         return "(document text, no prompt)"
 
     def _root(self) -> Path:
-        if not self.opts["path"]:
-            raise PolytaskError(f"task {self.name}: the docs task needs a path option (path=FOLDER)")
-        root = Path(self.opts["path"])
-        if not root.exists():
-            raise PolytaskError(f"task {self.name}: {root} not found (option path)")
-        return root
+        return path_option(self, "FOLDER")
 
     def source_files(self, split: str) -> list[Path]:
         from polytask.docs import document_files

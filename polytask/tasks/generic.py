@@ -67,6 +67,16 @@ class JsonlTask(Task):
         return {"exact_match": 100.0 * sum(em) / len(em), **rouge(preds, [ex.answers for ex in examples], ("rougeL",))}
 
 
+def path_option(task: Task, shape: str) -> Path:
+    """The ``path`` option of a task that reads files, checked to exist."""
+    if not task.opts["path"]:
+        raise PolytaskError(f"task {task.name}: the {type(task).name} task needs a path option (path={shape})")
+    root = Path(task.opts["path"])
+    if not root.exists():
+        raise PolytaskError(f"task {task.name}: {root} not found (option path)")
+    return root
+
+
 class TextTask(Task):
     """Plain text for the language-modelling objective: a file, or every .txt/.md file under a folder.
 
@@ -85,12 +95,7 @@ class TextTask(Task):
         return "(plain text, no prompt)"
 
     def _root(self) -> Path:
-        if not self.opts["path"]:
-            raise PolytaskError(f"task {self.name}: the text task needs a path option (path=FILE_OR_FOLDER)")
-        root = Path(self.opts["path"])
-        if not root.exists():
-            raise PolytaskError(f"task {self.name}: {root} not found (option path)")
-        return root
+        return path_option(self, "FILE_OR_FOLDER")
 
     def source_files(self, split: str) -> list[Path]:
         root = self._root()
