@@ -73,19 +73,10 @@ def test_eval_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_eval_adapter_without_lora(capsys, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("polytask.lora") is not None:
-        pytest.skip("polytask.lora exists: adapters are tested by its owner")
-    assert main(["eval", "--task", "clinc150", "--adapter", str(tmp_path)]) == 2
-    assert "adapters not supported yet" in capsys.readouterr().err
-
-
 def test_eval_with_adapter(tiny_dir, faq, tmp_path, capsys):
-    lora = pytest.importorskip("polytask.lora")
     import torch
 
+    from polytask import lora
     from polytask.weights import load_model
 
     net, _ = load_model(str(tiny_dir))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -55,8 +54,6 @@ def run(args) -> int:
         raise PolytaskError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise PolytaskError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.adapter and importlib.util.find_spec("polytask.lora") is None:
-        raise PolytaskError("adapters not supported yet (polytask.lora is not installed in this build)")
     name, options = parse_task_spec(args.task)
     task = get_task(name, data_root=args.data_root, **options)
     task.read(args.split)  # a missing dataset or split fails before the model loads
