@@ -1,0 +1,40 @@
+"""``configs/multitask-smollm2.toml`` (the recipe behind the shipped multi-task adapter) loads,
+validates and names only registered tasks read from their train splits. No training here."""
+
+from __future__ import annotations
+
+from conftest import REPO
+
+from polytask.config import load_config
+from polytask.data.mixture import mixture_rates
+from polytask.lora import TARGETS
+from polytask.tasks import TASKS
+
+CONFIG = REPO / "configs" / "multitask-smollm2.toml"
+EXPECTED_TASKS = {"clinc150", "banking77", "squad", "samsum", "aeslc", "email_intent", "chitchat"}
+
+
+def test_multitask_config_loads_and_validates():
+    cfg = load_config(CONFIG)
+    assert cfg.model.init_from == "default"
+    assert cfg.lora.rank >= 1 and set(cfg.lora.target_modules) == set(TARGETS)  # attention + MLP
+    tables = cfg.data.task_tables()
+    assert set(tables) == EXPECTED_TASKS
+    assert set(tables) <= set(TASKS)  # every name is a registered task
+    assert all(t["split"] == "train" for t in tables.values())  # train only on train splits
+    assert tables["chitchat"]["max_examples"]  # chitchat is capped
+    assert cfg.data.mixture_cap and cfg.data.mixture_temperature > 1
+    assert cfg.optim.warmup_steps < cfg.optim.steps
+    assert 0 < cfg.checkpoint.every < cfg.optim.steps
+
+
+def test_multitask_mixture_lifts_the_smallest_task():
+    """With the config's cap and temperature, samsum (818 train dialogues) gets more than its
+    examples-proportional share and no capped task gets more than another."""
+    cfg = load_config(CONFIG)
+    sizes = [15100, 10003, 8000, 818, 14436, 3657, 3000]  # train sizes (MANIFEST; squad approximate)
+    rates = mixture_rates(sizes, [1.0] * 7, cfg.data.mixture_cap, cfg.data.mixture_temperature)
+    proportional = mixture_rates(sizes, [1.0] * 7, cfg.data.mixture_cap, 1.0)
+    assert rates[3] > proportional[3]
+    capped = [r for r, n in zip(rates, sizes, strict=True) if n >= cfg.data.mixture_cap]
+    assert max(capped) - min(capped) < 1e-9
