@@ -8,7 +8,8 @@ Last line: one JSON object with
   with the official SQuAD normalization. Fractions (0-1).
 - retrieval_recall_at_5: share of those questions whose gold answer lies in a top-5 passage.
 - intent_accuracy_clinc150 / oos_recall_clinc150: the agent's intent classifier trained on
-  the CLINC150 train split, its confidence threshold tuned on val (+ oos_val); in-scope test
+  the CLINC150 train split (its out-of-scope phrases as the OUT_OF_SCOPE class), its
+  confidence threshold tuned on val (+ oos_val); in-scope test
   accuracy (a rejected in-scope query counts as wrong) and the share of out-of-scope test
   queries rejected. intent_accuracy_banking77: same classifier, BANKING77 train -> test.
 - summary_rougeL_samsum: ``summarize``'s short path on SAMSum test chats, ROUGE-L F (0-1).
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from polytask.apps.ask import ask  # noqa: E402
 from polytask.apps.common import get_lm  # noqa: E402
-from polytask.apps.intents import IntentClassifier  # noqa: E402
+from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier  # noqa: E402
 from polytask.apps.summarize import LENGTHS, summarize_text  # noqa: E402
 from polytask.store import DocStore  # noqa: E402
 from polytask.store.embed import get_embedder  # noqa: E402
@@ -113,19 +114,21 @@ def sample(rows: list, limit: int | None, seed: int = 0) -> list:
 
 def clinc(data: Path, limit: int | None, per_intent: int | None) -> dict:
     d = json.loads((data / "clinc150_oos" / "data_full.json").read_text())
-    train = cap_per_label([tuple(x) for x in d["train"]], per_intent)
+    # The train split's out-of-scope phrases train the classifier's OUT_OF_SCOPE class.
+    train = cap_per_label([tuple(x) for x in d["train"]], per_intent) + [(t, OUT_OF_SCOPE) for t, _ in d["oos_train"]]
     clf = IntentClassifier(l2=1e-5).fit([t for t, _ in train], [y for _, y in train])
     val, oos_val = d["val"], d["oos_val"]  # the whole val split: a small sample over-fits the threshold
     pv, po = clf.predict([t for t, _ in val]), clf.predict([t for t, _ in oos_val])
+
+    def scores(preds, rows, oos_preds, th):  # (in-scope accuracy, out-of-scope recall)
+        return (float(np.mean([p.in_scope(th) and p.label == y for p, (_, y) in zip(preds, rows, strict=True)])),
+                float(np.mean([not p.in_scope(th) for p in oos_preds])))
+
     # threshold: best mean of in-scope accuracy and out-of-scope recall on val
-    best = max(np.arange(0.05, 0.95, 0.05), key=lambda th: np.mean(
-        [p.label == y and p.confidence >= th for p, (_, y) in zip(pv, val, strict=True)])
-        + np.mean([p.confidence < th for p in po]))
+    best = max(np.arange(0.0, 0.95, 0.05), key=lambda th: sum(scores(pv, val, po, th)))
     test, oos_test = sample(d["test"], limit), sample(d["oos_test"], limit and max(1, limit // 4))
-    pt, pot = clf.predict([t for t, _ in test]), clf.predict([t for t, _ in oos_test])
-    return {"intent_accuracy_clinc150": float(np.mean([p.label == y and p.confidence >= best
-                                                      for p, (_, y) in zip(pt, test, strict=True)])),
-            "oos_recall_clinc150": float(np.mean([p.confidence < best for p in pot])),
+    acc, recall = scores(clf.predict([t for t, _ in test]), test, clf.predict([t for t, _ in oos_test]), best)
+    return {"intent_accuracy_clinc150": acc, "oos_recall_clinc150": recall,
             "clinc150_threshold": round(float(best), 2), "clinc150_train": len(train)}
 
 
@@ -169,7 +172,10 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="test examples per part (default: all)")
     p.add_argument("--train-per-intent", type=int, default=None, help="training phrases per intent (default: all)")
     p.add_argument("--model", default="default")
-    p.add_argument("--adapter", default=None)
+    p.add_argument("--adapter", default="auto", help="as the applications' --adapter (default auto: the shipped "
+                   "multi-task adapter on the default model); none for the base model")
+    p.add_argument("--parts", default="latency,clinc150,banking77,squad,samsum",
+                   help="comma-separated parts to run (default: all)")
     args = p.parse_args()
     data = Path(args.data)
     if not (data / "squad").is_dir():
@@ -179,15 +185,22 @@ def main() -> None:
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, part in [("ask latency", lambda: ask_latency(work, lm)),
+        parts = [("latency", lambda: ask_latency(work, lm)),
                            ("clinc150", lambda: clinc(data, args.limit, args.train_per_intent)),
                            ("banking77", lambda: banking(data, args.limit, args.train_per_intent)),
                            ("squad", lambda: squad(data, work, args.limit, lm)),
-                           ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm))]:
+                 ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm))]
+        chosen = args.parts.split(",")
+        unknown = set(chosen) - {n for n, _ in parts}
+        if unknown:
+            sys.exit(f"benchmarks/apps.py: unknown --parts {sorted(unknown)}; choose from {[n for n, _ in parts]}")
+        for name, part in parts:
+            if name not in chosen:
+                continue
             t0 = time.perf_counter()
             out.update(part())
             log(f"{name}: {time.perf_counter() - t0:.0f}s {json.dumps(out)}")
-    out.update({"model": args.model, "adapter": args.adapter, "limit": args.limit,
+    out.update({"model": args.model, "adapter": lm.adapter_name, "limit": args.limit,
                 "train_per_intent": args.train_per_intent})
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}))
 

@@ -11,11 +11,17 @@ from polytask.errors import PolytaskError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, adapter: str = "none") -> None:
+    """``adapter``: the ``--adapter`` default; the applications pass ``auto`` (the shipped multi-task
+    adapter on the embedded default model)."""
     p.add_argument(
         "--model", default="default", help="default | a cached model name | a Hugging Face-layout folder | a .gguf file"
     )
-    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout) to apply to the model")
+    p.add_argument(
+        "--adapter", default=adapter,
+        help="a LoRA adapter: a folder (PEFT layout), a shipped name (polytask-multitask), auto (the shipped "
+        f"multi-task adapter on the default model, none on others) or none (default: {adapter})",
+    )
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype for inference (default fp32)")
 
 

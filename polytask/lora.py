@@ -35,6 +35,9 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# Adapters that ship inside the package, by name (``--adapter polytask-multitask``).
+SHIPPED_DIR = Path(__file__).parent / "assets" / "adapters"
+MULTITASK = "polytask-multitask"  # trained by configs/multitask-smollm2.toml on the embedded default
 # The fields that decide whether weights fit and mean the same thing (max_seq_len does not).
 ARCH_FIELDS = ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "head_dim",
                "tie_embeddings", "attention_bias", "rope_theta", "norm_eps")
@@ -293,6 +296,26 @@ def save_training_adapter(model: nn.Module, dirs: list[Path], cfg: LoraConfig, b
     base_name = base if base == "default" or not Path(base).is_dir() else str(Path(base).resolve())
     for d in dirs:
         save_adapter(d, state, cfg, fingerprint, base_name)
+
+
+def shipped_adapters() -> list[str]:
+    return sorted(d.name for d in SHIPPED_DIR.iterdir() if (d / ADAPTER_CONFIG).exists()) if SHIPPED_DIR.is_dir() else []
+
+
+def resolve_adapter(spec: str | Path | None, model: str = "default") -> Path | None:
+    """What ``--adapter`` names: a folder, a shipped adapter's name, ``none``, or ``auto`` (the shipped
+    multi-task adapter on the embedded default model, nothing on any other model)."""
+    if spec is None or str(spec).lower() in ("", "none"):
+        return None
+    if str(spec).lower() == "auto":
+        return SHIPPED_DIR / MULTITASK if model == "default" and MULTITASK in shipped_adapters() else None
+    path = Path(spec)
+    if not path.exists() and str(spec) in shipped_adapters():
+        return SHIPPED_DIR / str(spec)
+    if not path.exists() and path.parent == Path("."):
+        names = ", ".join(shipped_adapters() + ["auto", "none"])
+        raise PolytaskError(f"--adapter {spec}: no such folder or shipped adapter (shipped: {names})")
+    return path
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:

@@ -26,12 +26,20 @@ class LM:
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, dtype: torch.dtype = torch.float32) -> LM:
-        net, model_dir = load_model(model, dtype)
-        if adapter:
-            from polytask.lora import apply_adapter  # LoRA lives in the customization layer
+        """``adapter``: a PEFT folder, a shipped adapter's name, ``auto`` (the shipped multi-task adapter
+        on the embedded default) or ``none``/None."""
+        from polytask.lora import apply_adapter, resolve_adapter  # LoRA lives in the customization layer
 
-            net = apply_adapter(net, adapter, model_dir)
-        return cls(fuse_projections(net), Tokenizer(model_dir), model_dir, model, adapter)
+        path = resolve_adapter(adapter, model)
+        net, model_dir = load_model(model, dtype)
+        if path is not None:
+            net = apply_adapter(net, path, model_dir)
+        return cls(fuse_projections(net), Tokenizer(model_dir), model_dir, model, str(path) if path else None)
+
+    @property
+    def adapter_name(self) -> str | None:
+        """The adapter folder's name (``polytask-multitask`` for the shipped one), or None."""
+        return Path(self.adapter).name if self.adapter else None
 
     def _prompt_ids(self, item: str | Messages, raw: bool) -> list[int]:
         if raw:

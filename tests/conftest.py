@@ -36,6 +36,16 @@ def default_lm(default_dir):
 
 
 @pytest.fixture(scope="session")
+def app_lm(default_dir):
+    """What the applications load by default: the embedded model + the shipped multi-task adapter."""
+    from polytask.runtime import LM
+
+    lm = LM.load("default", adapter="auto")
+    assert lm.adapter_name == "polytask-multitask"
+    return lm
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, default_dir) -> Path:
     """A randomly initialized `tiny` model saved in the HF layout with the default tokenizer."""
     from polytask.model import build_model, preset

@@ -90,3 +90,20 @@ def test_bad_kb_contents(tmp_path):
         load_kb(kb2)
     with pytest.raises(PolytaskError, match="no intents.yaml"):
         load_kb(tmp_path)
+    kb3 = _broken_kb(tmp_path / "3", "intents:\n  a:\n    examples: [hi]\n    answer: x\nout_of_scope: tell me a joke\n")
+    with pytest.raises(PolytaskError, match="'out_of_scope' must be a list of phrases"):
+        load_kb(kb3)
+    kb4 = _broken_kb(tmp_path / "4", "intents:\n  out_of_scope:\n    examples: [hi]\n    answer: x\n")
+    with pytest.raises(PolytaskError, match="'out_of_scope' is reserved"):
+        load_kb(kb4)
+
+
+def test_out_of_scope_message_is_not_answered(db):
+    """An off-topic message lands in the KB's out_of_scope class: a clarifying question offering two
+    real topics (never the out-of-scope label), then a hand-off if it stays off-topic."""
+    agent = Agent(KB, store=db)
+    turn = agent.respond("what will the weather be like in Paris tomorrow")
+    assert turn.action == "clarify" and turn.confidence == 0.0
+    assert all(name in agent.kb.intents for name, _ in turn.candidates)
+    assert agent.respond("tell me a joke please").action == "handoff"
+    assert Agent(KB, store=db).respond("where is my order").action == "answer"

@@ -204,3 +204,39 @@ def test_missing_adapter_files(tmp_path, tiny_dir):
         apply_adapter(model, tmp_path / "empty", model_dir)
     with pytest.raises(Exception, match="no such adapter folder"):
         apply_adapter(model, tmp_path / "nope", model_dir)
+
+
+def test_adapter_names_resolve(tmp_path, monkeypatch):
+    """--adapter: a folder, a shipped name, auto (the shipped multi-task adapter on the default model
+    only) or none; an unknown bare name lists what ships."""
+    from polytask.errors import PolytaskError
+    from polytask.lora import MULTITASK, SHIPPED_DIR, resolve_adapter, shipped_adapters
+
+    assert MULTITASK in shipped_adapters()
+    assert resolve_adapter("polytask-multitask") == SHIPPED_DIR / MULTITASK
+    assert resolve_adapter("auto") == SHIPPED_DIR / MULTITASK
+    assert resolve_adapter("auto", model="smollm2-360m") is None
+    assert resolve_adapter("none") is None and resolve_adapter(None) is None
+    assert resolve_adapter(str(tmp_path)) == tmp_path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PolytaskError, match="no such folder or shipped adapter .shipped: polytask-multitask, auto"):
+        resolve_adapter("polytask-multi")
+
+
+def test_shipped_adapter_is_small_bf16_and_matches_peft(default_dir):
+    """The adapter ships in the PEFT layout, bf16, a few MB; peft + transformers give our logits."""
+    from safetensors import safe_open
+
+    from polytask.lora import MULTITASK, SHIPPED_DIR
+
+    folder = SHIPPED_DIR / MULTITASK
+    weights = folder / "adapter_model.safetensors"
+    assert weights.stat().st_size < 12 * 2**20
+    with safe_open(str(weights), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118
+    model, _ = load_model("default")
+    model = apply_adapter(model, folder, default_dir)
+    tokens = torch.randint(0, 49152, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = model(tokens)
+    torch.testing.assert_close(_peft_logits(default_dir, folder, tokens), ours, atol=2e-3, rtol=0)

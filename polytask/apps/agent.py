@@ -11,8 +11,11 @@ The folder holds Markdown articles and ``intents.yaml``::
         article: shipping.md         # cited with every answer (optional section: shipping.md#Tracking)
         answer: "..."                # optional; else the article section's opening sentences
         needs_human: false           # true: hand over to a person
+    out_of_scope:                    # optional: messages no intent covers ("what's the weather")
+      - ...
 
-Each customer message is classified (``IntentClassifier`` over the examples). A confident,
+Each customer message is classified (``IntentClassifier`` over the examples, the
+``out_of_scope`` phrases as one more class that is never answered). A confident,
 self-service intent is answered from the knowledge base with the article cited. An unclear
 message gets one clarifying question naming the two likeliest topics; still unclear after
 that, or an intent that needs a person, or a customer asking for one, ends in a hand-off: a
@@ -32,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from polytask.apps.common import open_store
-from polytask.apps.intents import IntentClassifier
+from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier
 from polytask.errors import PolytaskError
 from polytask.store import DocStore
 from polytask.store.parsers import parse_file
@@ -61,6 +64,7 @@ class KnowledgeBase:
     company: str
     threshold: float
     intents: dict[str, Intent]
+    out_of_scope: list[str] = field(default_factory=list)  # phrases no intent covers
 
     def article_text(self, intent: Intent) -> tuple[str, str]:
         """(article title or section, the opening sentences of the article or its section)."""
@@ -115,12 +119,18 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
             raise PolytaskError(f"{where}: needs_human must be true or false")
         if not (article or spec.get("answer") or needs_human):
             raise PolytaskError(f"{where}: give an article or an answer (or needs_human: true)")
+        if name == OUT_OF_SCOPE:
+            raise PolytaskError(f"{where}: {OUT_OF_SCOPE!r} is reserved; list such phrases under a top-level "
+                                f"'{OUT_OF_SCOPE}:' key")
         intents[name] = Intent(name, str(spec.get("title", name.replace("_", " "))), examples, article, section,
                                spec.get("answer"), needs_human)
     threshold = data.get("confidence_threshold", 0.5)
     if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
         raise PolytaskError(f"{path}: confidence_threshold must be a number between 0 and 1")
-    return KnowledgeBase(folder, str(data.get("company", folder.name)), float(threshold), intents)
+    oos = data.get(OUT_OF_SCOPE, [])
+    if not isinstance(oos, list) or not all(isinstance(x, str) for x in oos):
+        raise PolytaskError(f"{path}: '{OUT_OF_SCOPE}' must be a list of phrases")
+    return KnowledgeBase(folder, str(data.get("company", folder.name)), float(threshold), intents, oos)
 
 
 @dataclass
@@ -141,10 +151,11 @@ _CLASSIFIERS: dict[tuple, IntentClassifier] = {}
 
 
 def kb_classifier(kb: KnowledgeBase) -> IntentClassifier:
-    key = (str(kb.folder.resolve()), tuple((i.name, tuple(i.examples)) for i in kb.intents.values()))
+    key = (str(kb.folder.resolve()), tuple((i.name, tuple(i.examples)) for i in kb.intents.values()),
+           tuple(kb.out_of_scope))
     if key not in _CLASSIFIERS:
-        texts = [x for i in kb.intents.values() for x in i.examples]
-        labels = [i.name for i in kb.intents.values() for _ in i.examples]
+        texts = [x for i in kb.intents.values() for x in i.examples] + kb.out_of_scope
+        labels = [i.name for i in kb.intents.values() for _ in i.examples] + [OUT_OF_SCOPE] * len(kb.out_of_scope)
         _CLASSIFIERS[key] = IntentClassifier().fit(texts, labels)
     return _CLASSIFIERS[key]
 
@@ -211,12 +222,18 @@ class Agent:
                 if set(re.findall(r"\w+", self.kb.intents[name].title.lower())) & words - {"a", "an", "the", "my"}:
                     pred = self.classifier.predict([message + " " + unclear])[0]
                     if pred.label == name:
-                        return name, max(pred.confidence, self.kb.threshold), pred.ranked
-            both = self.classifier.predict([unclear + " " + message, message])
-            best = max(both, key=lambda p: p.confidence)
-            return best.label, best.confidence, best.ranked
-        p = self.classifier.predict([message])[0]
-        return p.label, p.confidence, p.ranked
+                        return name, max(pred.confidence, self.kb.threshold), self._scoped(pred)[2]
+            both = self.classifier.predict([unclear + " " + message, message], top=4)
+            return max((self._scoped(p) for p in both), key=lambda r: r[1])
+        return self._scoped(self.classifier.predict([message], top=4)[0])
+
+    @staticmethod
+    def _scoped(p) -> tuple[str, float, list[tuple[str, float]]]:
+        """An out-of-scope message: confidence 0 (unclear), and the likeliest real intents to offer."""
+        ranked = [(name, c) for name, c in p.ranked if name != OUT_OF_SCOPE][:3]
+        if p.label == OUT_OF_SCOPE:
+            return ranked[0][0], 0.0, ranked
+        return p.label, p.confidence, ranked
 
     def _handoff(self, reason: str, intent: str | None, confidence: float | None) -> Turn:
         self.closed = True

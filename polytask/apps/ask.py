@@ -81,7 +81,7 @@ def ask(
     store: DocStore | str | Path | None = None,
     lm=None,
     model: str = "default",
-    adapter: str | None = None,
+    adapter: str | None = "auto",
     top_k: int = 5,
     context_sentences: int = 2,
     max_new_tokens: int = 32,
@@ -101,6 +101,16 @@ def ask(
             db.close()
 
 
+def build_prompt(lm, context: str, question: str) -> str:
+    """The multi-task adapter learnt extractive QA in the SQuAD task's words; the base model gets ours."""
+    from polytask.lora import MULTITASK
+    from polytask.tasks.qa import Squad
+
+    if getattr(lm, "adapter_name", None) == MULTITASK:
+        return Squad.user.format(context=context, question=question)
+    return PROMPT.format(context=context, question=question)
+
+
 def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_sentences: int = 2,
                      max_new_tokens: int = 32, min_cosine: float = 0.15) -> Answer:
     retrieved = [{"file": h.path, "location": h.location, "page": h.page, "start": h.start, "end": h.end,
@@ -112,7 +122,7 @@ def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_s
     # and it leans on the first one: best first.
     sentences = rank_sentences(question, hits, db)[:context_sentences]
     context = " ".join(db.document_text(h.doc_id)[s:e] for h, s, e, _ in sentences)
-    prompt = [{"role": "user", "content": PROMPT.format(context=context, question=question)}]
+    prompt = [{"role": "user", "content": build_prompt(lm, context, question)}]
     raw = lm.chat(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
     text = complete_sentences(strip_preamble(first_line(raw)).strip(" \"'"))
     if not text or REFUSALS.search(text):

@@ -10,7 +10,7 @@ from polytask.store import DocStore
 _LMS: dict[tuple, object] = {}
 
 
-def get_lm(lm=None, model: str = "default", adapter: str | None = None):
+def get_lm(lm=None, model: str = "default", adapter: str | None = "auto"):
     """An ``LM`` given, or one loaded once per (model, adapter) for the life of the process."""
     if lm is not None:
         return lm

@@ -3,6 +3,11 @@
 Trained (full batch, L-BFGS, L2 penalty) on labelled example phrases: a knowledge base's few
 examples per intent, or a dataset's train split. ``predict`` returns the label and its
 probability; below ``threshold`` the caller treats the message as unclear / out of scope.
+
+Examples of what is *not* an intent (CLINC150's ``oos`` train phrases, a knowledge base's
+``out_of_scope:`` list) train one more class, ``OUT_OF_SCOPE``: a message closest to them is out
+of scope even when the softmax is confident. On CLINC150 this lifts in-scope accuracy at a
+val-tuned threshold from 0.853 to 0.917 (out-of-scope recall 0.934 -> 0.880; benchmarks/apps.py).
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ import torch
 
 from polytask.store.embed import Embedder, get_embedder
 
+OUT_OF_SCOPE = "out_of_scope"  # the label of the examples of what no intent covers
+
 
 @dataclass
 class Prediction:
     label: str
     confidence: float
     ranked: list[tuple[str, float]]  # the top labels with their probabilities
+
+    def in_scope(self, threshold: float) -> bool:
+        return self.label != OUT_OF_SCOPE and self.confidence >= threshold
 
 
 class IntentClassifier:

@@ -89,7 +89,7 @@ def reply(
     *,
     lm=None,
     model: str = "default",
-    adapter: str | None = None,
+    adapter: str | None = "auto",
     always: bool = False,
 ) -> ReplySuggestions:
     """Decide whether ``email`` (.eml/.txt path or Email) needs a reply; if so (or ``always``),

@@ -74,7 +74,7 @@ def summarize(
     *,
     lm=None,
     model: str = "default",
-    adapter: str | None = None,
+    adapter: str | None = "auto",
     chunk_chars: int = 4000,
 ) -> Summary:
     """Summarize a .txt/.md/.html/.docx/.pdf/.eml file at the given length."""

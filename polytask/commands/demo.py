@@ -21,7 +21,7 @@ AGENT_SCRIPT = [
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the applications on the shipped sample document, e-mail and knowledge base")
-    add_model_args(p)
+    add_model_args(p, adapter="auto")
     p.add_argument("--question", default="Where did he get his PhD?")
     p.set_defaults(func=run)
 
@@ -44,7 +44,7 @@ def run(args) -> int:
 
     t = time.perf_counter()
     lm = load_lm(args)
-    print(f"model: {lm.model_dir.name}{' + ' + args.adapter if args.adapter else ''} "
+    print(f"model: {lm.model_dir.name}{' + ' + lm.adapter_name if lm.adapter_name else ''} "
           f"(loaded in {time.perf_counter() - t:.2f} s)")
     store = DocStore(polytask_home() / "demo.sqlite")
     try:

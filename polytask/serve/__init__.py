@@ -15,7 +15,7 @@ __all__ = ["ServeState", "create_app", "load_state"]
 
 def load_state(
     model: str = "default",
-    adapter: str | None = None,
+    adapter: str | None = "auto",
     dtype: torch.dtype = torch.float32,
     store: str | Path | None = None,
     scheduler: SchedulerConfig | None = None,
@@ -30,7 +30,7 @@ def load_state(
     lm.engine = Scheduler(lm.engine, scheduler)
     store_path = Path(store) if store else default_store_path()
     model_id = Path(model).name if model != "default" else "polytask-default"
-    if adapter:
-        model_id += "+" + Path(adapter).name
+    if lm.adapter_name:
+        model_id += "+" + lm.adapter_name
     return ServeState(lm=lm, scheduler=lm.engine, keys=KeyStore(store_path), store_path=store_path,
                       uploads_dir=store_path.parent / "uploads", model_id=model_id, **options)
