@@ -299,7 +299,9 @@ def save_training_adapter(model: nn.Module, dirs: list[Path], cfg: LoraConfig, b
 
 
 def shipped_adapters() -> list[str]:
-    return sorted(d.name for d in SHIPPED_DIR.iterdir() if (d / ADAPTER_CONFIG).exists()) if SHIPPED_DIR.is_dir() else []
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(d.name for d in SHIPPED_DIR.iterdir() if (d / ADAPTER_CONFIG).exists())
 
 
 def resolve_adapter(spec: str | Path | None, model: str = "default") -> Path | None:

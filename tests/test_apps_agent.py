@@ -90,7 +90,8 @@ def test_bad_kb_contents(tmp_path):
         load_kb(kb2)
     with pytest.raises(PolytaskError, match="no intents.yaml"):
         load_kb(tmp_path)
-    kb3 = _broken_kb(tmp_path / "3", "intents:\n  a:\n    examples: [hi]\n    answer: x\nout_of_scope: tell me a joke\n")
+    one = "intents:\n  a:\n    examples: [hi]\n    answer: x\n"
+    kb3 = _broken_kb(tmp_path / "3", one + "out_of_scope: tell me a joke\n")
     with pytest.raises(PolytaskError, match="'out_of_scope' must be a list of phrases"):
         load_kb(kb3)
     kb4 = _broken_kb(tmp_path / "4", "intents:\n  out_of_scope:\n    examples: [hi]\n    answer: x\n")
