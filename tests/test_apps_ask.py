@@ -19,19 +19,30 @@ def store(tmp_path_factory):
         yield s
 
 
-def test_phd_at_princeton_with_the_sentence_quoted(store, default_lm):
-    a = ask("Where did he get his PhD?", doc=TURING, store=store, lm=default_lm)
-    assert a.found and "Princeton" in a.text
+@pytest.fixture(params=["app_lm", "default_lm"])
+def lm(request):
+    """The applications' default (with the shipped adapter) and the plain base model."""
+    return request.getfixturevalue(request.param)
+
+
+def test_phd_at_princeton_with_the_sentence_quoted(store, lm):
+    a = ask("Where did he get his PhD?", doc=TURING, store=store, lm=lm)
+    assert a.found and "Princeton" in a.text and "Princeton" in a.extract
     src = a.sources[0]
     assert src.file == str(TURING.resolve()) and src.location == "Computable numbers and Princeton"
     assert src.quote.startswith("He obtained his PhD from Princeton in 1938")
     assert TURING.read_text(encoding="utf-8")[src.start : src.end] == src.quote  # offsets into the file
 
 
-def test_says_so_when_the_document_lacks_the_answer(store, default_lm):
-    for q in ("What was Turing's favourite food?", "What is the capital of Peru?"):
-        a = ask(q, doc=TURING, store=store, lm=default_lm, max_new_tokens=24)
+def test_says_so_when_the_document_lacks_the_answer(store, lm):
+    for q in ("What was Turing's favourite food?", "What is the capital of Peru?", "What sport did Turing play?"):
+        a = ask(q, doc=TURING, store=store, lm=lm, max_new_tokens=24)
         assert not a.found and "do not contain" in a.text and a.sources == []
+
+
+def test_answer_copied_from_the_document_is_extracted_as_is(store, app_lm):
+    a = ask("When was Turing born?", doc=TURING, store=store, lm=app_lm)
+    assert a.found and a.extract == "23 June 1912" and a.sources[0].quote.startswith("Turing was born on 23 June 1912")
 
 
 def test_extract_drops_question_words():

@@ -35,8 +35,8 @@ def test_reply_needed_rules():
     assert not needs_reply(mail("Thanks!\n\nOn Mon, Ann wrote:\n> Could you call me?"))[0]  # quoted question
 
 
-def test_three_replies_differ_in_intent(default_lm):
-    r = reply(SAMPLES / "meeting_request.eml", n=3, lm=default_lm)
+def test_three_replies_differ_in_intent(app_lm):
+    r = reply(SAMPLES / "meeting_request.eml", n=3, lm=app_lm)
     assert r.needs_reply and [x.intent for x in r.replies] == ["accept", "decline", "ask_details"]
     assert len({x.text for x in r.replies}) == 3
     assert all(0 < len(x.text.split()) <= 30 for x in r.replies)
@@ -57,3 +57,17 @@ def test_bad_emails(tmp_path, capsys):
         read_email(tmp_path / "x.pdf")
     with pytest.raises(PolytaskError, match="-n must be between 1 and 5"):
         reply(SAMPLES / "meeting_request.eml", n=9, lm=object())
+
+
+@pytest.mark.parametrize("name, needed, why", [
+    ("meeting_request.eml", True, "asks:"),
+    ("newsletter.eml", False, "bulk"),
+    ("thank_you.txt", False, "no question or request"),
+])
+def test_reply_needed_by_the_multitask_adapter(name, needed, why, app_lm):
+    """With the shipped adapter the model judges each sentence (Enron reply-needed labels)."""
+    decision, reason = needs_reply(read_email(SAMPLES / name), app_lm)
+    assert decision is needed and why in reason
+    text = "Hi Sam, the report is attached. Could you send me your comments by Friday? Thanks, Ann"
+    decision, reason = needs_reply(Email("ann@x.org", "", "Report", "", text, {}), app_lm)
+    assert decision and "Could you send me your comments" in reason

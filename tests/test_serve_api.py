@@ -300,3 +300,16 @@ def test_serve_command_checks_before_loading(tmp_path, capsys):
     (kb / "intents.yaml").write_text("intents:\n  a: [unclosed\n")
     assert cli(["serve", "--kb", str(kb)]) == 2
     assert "intents.yaml" in capsys.readouterr().err
+
+
+def test_shipped_adapter_serves_ask_and_replies_only(tmp_path):
+    """On the default model the multi-task adapter answers questions and judges e-mails; chat and
+    summaries run on the base model (the adapter shrinks documents to subject lines)."""
+    from polytask.serve import load_state
+
+    state = load_state("default", store=tmp_path / "store.sqlite")
+    try:
+        assert state.task_lm.adapter_name == "polytask-multitask" and state.lm.adapter_name is None
+        assert state.model_id == "polytask-default" and state.task_lm.engine is not state.scheduler
+    finally:
+        state.close()

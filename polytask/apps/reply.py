@@ -1,9 +1,12 @@
 """Suggested e-mail replies.
 
-Whether a reply is needed is decided by rules a person can read: automated mail (auto-submitted,
-bulk/list precedence, unsubscribe headers, no-reply senders) needs none; otherwise a message
-needs a reply when one of its sentences asks something of the reader (a question, or a request
-such as "could you", "please confirm", "let me know"). The deciding sentence is returned.
+Whether a reply is needed: automated mail (auto-submitted, bulk/list precedence, unsubscribe
+headers, no-reply senders) needs none; otherwise a message needs a reply when one of its
+sentences asks something of the reader. With the shipped multi-task adapter the model judges
+each sentence (it learnt the Enron reply-needed labels: accuracy / F1 81.8 / 66.7 on 500 test
+sentences, where the rules below reach 81.1 / 60.5 on the whole test split); without it, rules a
+person can read decide (a question, or a request such as "could you", "please confirm", "let
+me know"). The deciding sentence is returned.
 
 The n suggestions differ in intent, not wording: each is generated with its own instruction
 (accept, decline, ask for details, ...), and each is clipped to about 30 words.
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from polytask.apps.common import clip_words, complete_sentences, get_lm
 from polytask.errors import PolytaskError
+from polytask.lora import MULTITASK
 from polytask.store import Email, read_email
 from polytask.store.text import sentence_spans
 
@@ -30,6 +34,7 @@ INTENTS = [
     ("thank", "thanks the sender and confirms you received the message", "Thank you"),
 ]
 MAX_WORDS = 30
+MAX_SENTENCES = 40  # of the new text judged for a request (a long e-mail's request comes early)
 AUTOMATED_SENDER = re.compile(r"no-?reply|do-?not-?reply|mailer-daemon|notifications?@|newsletter", re.I)
 REQUEST = re.compile(
     r"\b(?:could|can|would|will|won't|wouldn't) you\b|\bplease\b|\blet me know\b|\bget back to (?:me|us)\b|"
@@ -56,19 +61,36 @@ class ReplySuggestions:
         return asdict(self)
 
 
-def needs_reply(mail: Email) -> tuple[bool, str]:
+def automated(mail: Email) -> str | None:
+    """Why no person waits for an answer to this message, or None."""
     h = {k.lower(): v.lower() for k, v in mail.headers.items()}
     if h.get("auto-submitted", "no") != "no":
-        return False, "automated message (Auto-Submitted header)"
+        return "automated message (Auto-Submitted header)"
     if h.get("precedence") in ("bulk", "list", "junk") or "list-unsubscribe" in h:
-        return False, "bulk or mailing-list message"
+        return "bulk or mailing-list message"
     if AUTOMATED_SENDER.search(mail.sender):
-        return False, f"sent from an automated address ({mail.sender})"
+        return f"sent from an automated address ({mail.sender})"
+    return None
+
+
+def needs_reply(mail: Email, lm=None) -> tuple[bool, str]:
+    """(needed, why). ``lm`` carrying the multi-task adapter judges the sentences; else the rules."""
+    if why := automated(mail):
+        return False, why
     body = strip_quoted(mail.body)
-    for s, e in sentence_spans(body):
-        sentence = " ".join(body[s:e].split())
-        if sentence.endswith("?") or REQUEST.search(sentence):
-            return True, f"asks: {sentence}"
+    sentences = [" ".join(body[s:e].split()) for s, e in sentence_spans(body)][:MAX_SENTENCES]
+    if lm is not None and getattr(lm, "adapter_name", None) == MULTITASK:
+        from polytask.tasks.classify import EmailIntent  # the prompt the adapter learnt the labels with
+
+        # Greetings and sign-offs ("Hi Sam,", "Best, Jordan") are not sentences the labels were made for.
+        judged = [s for s in sentences if len(s.split()) >= 4]
+        prompts = [[{"role": "user", "content": EmailIntent.user.format(text=s)}] for s in judged]
+        verdicts = lm.chat(prompts, max_new_tokens=2, temperature=0.0) if prompts else []
+        asking = [s for s, v in zip(judged, verdicts, strict=True) if v.strip().lower().startswith("yes")]
+    else:
+        asking = [s for s in sentences if s.endswith("?") or REQUEST.search(s)]
+    if asking:
+        return True, f"asks: {asking[0]}"
     return False, "no question or request for the reader (an update or a thank-you)"
 
 
@@ -97,11 +119,13 @@ def reply(
     if not 1 <= n <= len(INTENTS):
         raise PolytaskError(f"-n must be between 1 and {len(INTENTS)} (one reply per intent), got {n}")
     mail = email if isinstance(email, Email) else read_email(email)
-    needed, reason = needs_reply(mail)
+    if (why := automated(mail)) and not always:
+        return ReplySuggestions(False, why, mail.subject, mail.sender)  # the model is not loaded
+    lm = get_lm(lm, model, adapter)
+    needed, reason = needs_reply(mail, lm)
     out = ReplySuggestions(needed, reason, mail.subject, mail.sender)
     if not (needed or always):
         return out
-    lm = get_lm(lm, model, adapter)
     body = " ".join(strip_quoted(mail.body).split())[:1500]
     sender = mail.sender or "a colleague"
     prompts = [

@@ -74,7 +74,7 @@ def summarize(
     *,
     lm=None,
     model: str = "default",
-    adapter: str | None = "auto",
+    adapter: str | None = "none",  # the multi-task adapter writes subject lines, not summaries of documents
     chunk_chars: int = 4000,
 ) -> Summary:
     """Summarize a .txt/.md/.html/.docx/.pdf/.eml file at the given length."""

@@ -35,6 +35,9 @@ def run(args) -> int:
     from polytask.apps.ask import ask
     from polytask.apps.reply import reply
     from polytask.apps.summarize import summarize
+    from polytask.cliutil import DTYPES
+    from polytask.lora import MULTITASK
+    from polytask.runtime import LM
     from polytask.store import DocStore
     from polytask.weights import polytask_home
 
@@ -44,6 +47,9 @@ def run(args) -> int:
 
     t = time.perf_counter()
     lm = load_lm(args)
+    # The shipped multi-task adapter answers questions and judges e-mails; summaries stay on the base
+    # model (the adapter shrinks a document to a subject line).
+    base = LM.load(args.model, adapter="none", dtype=DTYPES[args.dtype]) if lm.adapter_name == MULTITASK else lm
     print(f"model: {lm.model_dir.name}{' + ' + lm.adapter_name if lm.adapter_name else ''} "
           f"(loaded in {time.perf_counter() - t:.2f} s)")
     store = DocStore(polytask_home() / "demo.sqlite")
@@ -56,7 +62,7 @@ def run(args) -> int:
             print(f"source: {Path(s.file).name}, {s.location or 'text'}: \"{s.quote}\"")
 
         t = time.perf_counter()
-        summary = summarize(doc, "short", lm=lm)
+        summary = summarize(doc, "short", lm=base)
         _heading(f"hover summary of {doc.name}", time.perf_counter() - t)
         print(summary.text)
 

@@ -75,7 +75,7 @@ def run(args) -> int:
     if demo_key:
         print(f"demo key (collection 'demo'): {demo_key}\nopen {url}#key={demo_key}", flush=True)
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
-    state.scheduler.close()
+    state.close()
     return 0
 
 

@@ -21,16 +21,22 @@ def load_state(
     scheduler: SchedulerConfig | None = None,
     **options,
 ) -> ServeState:
-    """Load the model once, start its scheduler, and open the key store beside the document store."""
+    """Load the model once (twice with the shipped multi-task adapter: ask and replies run on it,
+    chat and summaries on the base model), start its scheduler, and open the key store."""
+    from polytask.lora import MULTITASK
     from polytask.runtime import LM
     from polytask.store import default_store_path
 
-    lm = LM.load(model, adapter=adapter, dtype=dtype)
+    task_lm = LM.load(model, adapter=adapter, dtype=dtype)
+    # The shipped multi-task adapter serves ask and replies only; chat and summaries get the base model.
+    lm = LM.load(model, adapter="none", dtype=dtype) if task_lm.adapter_name == MULTITASK else task_lm
     # Every caller of lm.engine (the applications' lm.chat, the OpenAI endpoints) now shares one batch.
     lm.engine = Scheduler(lm.engine, scheduler)
+    if task_lm is not lm:
+        task_lm.engine = Scheduler(task_lm.engine, scheduler)
     store_path = Path(store) if store else default_store_path()
     model_id = Path(model).name if model != "default" else "polytask-default"
     if lm.adapter_name:
         model_id += "+" + lm.adapter_name
     return ServeState(lm=lm, scheduler=lm.engine, keys=KeyStore(store_path), store_path=store_path,
-                      uploads_dir=store_path.parent / "uploads", model_id=model_id, **options)
+                      uploads_dir=store_path.parent / "uploads", model_id=model_id, task_lm=task_lm, **options)

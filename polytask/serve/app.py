@@ -36,7 +36,7 @@ STATIC = Path(__file__).parent / "static"
 
 @dataclass
 class ServeState:
-    lm: object  # polytask.runtime.LM whose .engine is the scheduler
+    lm: object  # polytask.runtime.LM whose .engine is the scheduler: chat completions and summaries
     scheduler: Scheduler
     keys: KeyStore
     store_path: Path
@@ -47,9 +47,18 @@ class ServeState:
     model_id: str = "polytask"
     metrics: Metrics = field(default_factory=Metrics)
     records: Records | None = None
+    # ask and suggested replies: the model with the shipped multi-task adapter, which wins on their
+    # tasks and loses on summaries and open chat (EVALUATION.md); the same LM as ``lm`` otherwise.
+    task_lm: object | None = None
 
     def __post_init__(self) -> None:
         self.records = self.records or Records(self.store_path)
+        self.task_lm = self.task_lm or self.lm
+
+    def close(self) -> None:
+        self.scheduler.close()
+        if self.task_lm is not self.lm:
+            self.task_lm.engine.close()
 
 
 def error_body(status: int, message: str, kind: str | None = None) -> dict:

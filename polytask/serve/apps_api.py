@@ -141,7 +141,7 @@ def add_app_routes(app: FastAPI, state) -> None:
         from polytask.apps.ask import ask
 
         with open_store() as db:
-            answer = ask(body.question, collection=collection, store=db, lm=state.lm).to_dict()
+            answer = ask(body.question, collection=collection, store=db, lm=state.task_lm).to_dict()
         names = state.records.names()
         for item in answer["sources"] + answer["retrieved"]:
             item["file"] = shown_name(item["file"], names)
@@ -173,7 +173,7 @@ def add_app_routes(app: FastAPI, state) -> None:
         mail = email_from_text(body.email, Path("the pasted e-mail"))
         if not mail.body and not mail.subject:
             raise HTTPException(422, "email: the pasted e-mail has no text")
-        out = reply(mail, body.n, lm=state.lm, always=body.always)
+        out = reply(mail, body.n, lm=state.task_lm, always=body.always)
         return {"needs_reply": out.needs_reply, "reason": out.reason, "subject": out.subject,
                 "replies": [{"intent": r.intent, "text": r.text} for r in out.replies]}
 

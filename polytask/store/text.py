@@ -87,8 +87,11 @@ def content_words(text: str) -> list[str]:
 
 
 def stem(word: str) -> str:
-    """A crude suffix stripper, enough to match 'published'/'publish' and 'studies'/'study'."""
+    """A crude suffix stripper, enough to match 'published'/'publish', 'studies'/'study',
+    'stores'/'store' and "Turing's"/'Turing'."""
+    word = re.sub(r"['’]s?$", "", word)
     for suffix, repl in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)] + repl
-    return word
+            word = word[: -len(suffix)] + repl
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
