@@ -12,7 +12,8 @@ Last line: one JSON object with
   confidence threshold tuned on val (+ oos_val); in-scope test
   accuracy (a rejected in-scope query counts as wrong) and the share of out-of-scope test
   queries rejected. intent_accuracy_banking77: same classifier, BANKING77 train -> test.
-- summary_rougeL_samsum: ``summarize``'s short path on SAMSum test chats, ROUGE-L F (0-1).
+- summary_rougeL_samsum: ``summarize``'s short path on SAMSum test chats, ROUGE-L F (0-1), on
+  the model ``summarize`` uses (the base model when --adapter is auto).
 - ask_p50_s: median seconds of one ``ask`` on the one-page Turing biography, warm.
 - ingest_pages_per_s: SQuAD articles indexed per second, a page being 3,000 characters.
 
@@ -43,6 +44,7 @@ from polytask.apps.ask import ask  # noqa: E402
 from polytask.apps.common import get_lm  # noqa: E402
 from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier  # noqa: E402
 from polytask.apps.summarize import LENGTHS, summarize_text  # noqa: E402
+from polytask.lora import MULTITASK  # noqa: E402
 from polytask.store import DocStore  # noqa: E402
 from polytask.store.embed import get_embedder  # noqa: E402
 from polytask.tasks.metrics import rouge, squad_scores  # noqa: E402
@@ -181,6 +183,8 @@ def main() -> None:
     if not (data / "squad").is_dir():
         sys.exit(f"benchmarks/apps.py: no datasets under {data}; pass --data")
     lm = get_lm(None, args.model, args.adapter)
+    # summarize runs on the base model unless told otherwise (the multi-task adapter writes titles)
+    summary_lm = get_lm(None, args.model, "none") if lm.adapter_name == MULTITASK else lm
     get_embedder()
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +193,7 @@ def main() -> None:
                            ("clinc150", lambda: clinc(data, args.limit, args.train_per_intent)),
                            ("banking77", lambda: banking(data, args.limit, args.train_per_intent)),
                            ("squad", lambda: squad(data, work, args.limit, lm)),
-                 ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm))]
+                 ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), summary_lm))]
         chosen = args.parts.split(",")
         unknown = set(chosen) - {n for n, _ in parts}
         if unknown:
