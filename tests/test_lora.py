@@ -240,3 +240,13 @@ def test_shipped_adapter_is_small_bf16_and_matches_peft(default_dir):
     with torch.no_grad():
         ours = model(tokens)
     torch.testing.assert_close(_peft_logits(default_dir, folder, tokens), ours, atol=2e-3, rtol=0)
+
+
+def test_models_command_lists_the_shipped_adapter(capsys):
+    from polytask.cli import main
+
+    assert main(["models"]) == 0
+    assert "polytask-multitask  (on the default model" in capsys.readouterr().out
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["adapters"]
+    assert Path(listed["polytask-multitask"], "adapter_config.json").is_file()

