@@ -16,6 +16,8 @@ Last line: one JSON object with
   the model ``summarize`` uses (the base model when --adapter is auto).
 - ask_p50_s: median seconds of one ``ask`` on the one-page Turing biography, warm.
 - ingest_pages_per_s: SQuAD articles indexed per second, a page being 3,000 characters.
+- reply_rules_accuracy/f1_email_intent: the reply-needed rules alone (no model) on email_intent
+  test sentences (the same subset as ``polytask eval --task email_intent --limit N``).
 
 ``--limit`` caps the test examples of each part, not the val split the threshold is tuned on
 (SQuAD questions are taken round-robin over the ten articles); ``--train-per-intent`` caps
@@ -41,12 +43,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from polytask.apps.ask import ask  # noqa: E402
-from polytask.apps.common import get_lm  # noqa: E402
+from polytask.apps.common import base_lm, get_lm  # noqa: E402
 from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier  # noqa: E402
+from polytask.apps.reply import needs_reply  # noqa: E402
 from polytask.apps.summarize import LENGTHS, summarize_text  # noqa: E402
-from polytask.lora import MULTITASK  # noqa: E402
-from polytask.store import DocStore  # noqa: E402
+from polytask.data.tokenize import select_examples  # noqa: E402
+from polytask.store import DocStore, Email  # noqa: E402
 from polytask.store.embed import get_embedder  # noqa: E402
+from polytask.tasks import get_task  # noqa: E402
 from polytask.tasks.metrics import rouge, squad_scores  # noqa: E402
 
 PAGE_CHARS = 3000
@@ -57,8 +61,10 @@ def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
-def squad(data: Path, work: Path, limit: int | None, lm) -> dict:
-    articles = json.loads((data / "squad" / "dev-v1.1.reconstructed.json").read_text())["data"][38:48]
+def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test", context_sentences: int = 2) -> dict:
+    every = json.loads((data / "squad" / "dev-v1.1.reconstructed.json").read_text())["data"]
+    # test articles 38-47 give the figure; train articles (seen in training) are for choosing settings
+    articles = every[38:48] if articles == "test" else every[10:20]
     store = DocStore(work / "squad.sqlite")
     files, questions = [], []
     for i, art in enumerate(articles):
@@ -89,7 +95,7 @@ def squad(data: Path, work: Path, limit: int | None, lm) -> dict:
     for n, (i, q, answers, pos) in enumerate(picked):
         hits = store.search(q, [doc_ids[i]], k=5)
         recall.append(any(h.start <= pos < h.end for h in hits))
-        a = ask(q, collection=f"squad{i}", store=store, lm=lm)
+        a = ask(q, collection=f"squad{i}", store=store, lm=lm, context_sentences=context_sentences)
         preds.append(a.extract if a.found else "")
         refs.append(answers)
         if n % 10 == 0:
@@ -155,6 +161,17 @@ def samsum(data: Path, limit: int | None, lm) -> dict:
             "samsum_dialogues": len(rows)}
 
 
+def email_rules(data: Path, limit: int | None) -> dict:
+    """The reply-needed rules (no model) on email_intent test sentences: the same subset as
+    ``polytask eval --task email_intent --limit N``, to compare with the adapter's figure."""
+    task = get_task("email_intent", data_root=data)
+    examples = select_examples(task.read("test"), limit)
+    preds = ["Yes" if needs_reply(Email("", "", "", "", ex.inputs["text"], {}))[0] else "No" for ex in examples]
+    s = task.score(preds, examples)
+    return {"reply_rules_accuracy_email_intent": s["accuracy"] / 100, "reply_rules_f1_email_intent": s["f1"] / 100,
+            "email_intent_sentences": len(examples)}
+
+
 def ask_latency(work: Path, lm) -> dict:
     store = DocStore(work / "turing.sqlite")
     qs = ["Where did he get his PhD?", "When was Turing born?", "What did Turing design at Bletchley Park?",
@@ -176,24 +193,28 @@ def main() -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--adapter", default="auto", help="as the applications' --adapter (default auto: the shipped "
                    "multi-task adapter on the default model); none for the base model")
-    p.add_argument("--parts", default="latency,clinc150,banking77,squad,samsum",
+    p.add_argument("--parts", default="latency,clinc150,banking77,squad,samsum,email_rules",
                    help="comma-separated parts to run (default: all)")
+    p.add_argument("--squad-articles", choices=["test", "train"], default="test",
+                   help="test: articles 38-47 (the figure); train: articles 10-19, for choosing settings")
+    p.add_argument("--context-sentences", type=int, default=2, help="ask's context_sentences (default 2)")
     args = p.parse_args()
     data = Path(args.data)
     if not (data / "squad").is_dir():
         sys.exit(f"benchmarks/apps.py: no datasets under {data}; pass --data")
     lm = get_lm(None, args.model, args.adapter)
     # summarize runs on the base model unless told otherwise (the multi-task adapter writes titles)
-    summary_lm = get_lm(None, args.model, "none") if lm.adapter_name == MULTITASK else lm
+    summary_lm = base_lm(lm)
     get_embedder()
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         parts = [("latency", lambda: ask_latency(work, lm)),
-                           ("clinc150", lambda: clinc(data, args.limit, args.train_per_intent)),
-                           ("banking77", lambda: banking(data, args.limit, args.train_per_intent)),
-                           ("squad", lambda: squad(data, work, args.limit, lm)),
-                 ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), summary_lm))]
+                 ("clinc150", lambda: clinc(data, args.limit, args.train_per_intent)),
+                 ("banking77", lambda: banking(data, args.limit, args.train_per_intent)),
+                 ("squad", lambda: squad(data, work, args.limit, lm, args.squad_articles, args.context_sentences)),
+                 ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), summary_lm)),
+                 ("email_rules", lambda: email_rules(data, args.limit))]
         chosen = args.parts.split(",")
         unknown = set(chosen) - {n for n, _ in parts}
         if unknown:

@@ -12,36 +12,38 @@ the same PEFT layout and base fingerprint) atomically.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from polytask.engine import SamplingParams
-from polytask.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MULTITASK, SHIPPED_DIR, read_adapter
+from polytask.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MULTITASK,
+    PEFT_PREFIX,
+    SHIPPED_DIR,
+    _lora_config_from_peft,
+    read_adapter,
+    save_adapter,
+)
 from polytask.runtime import LM
 from polytask.tasks import get_task
-from polytask.weights import _atomic_dir, _publish
 
 TASKS = ["clinc150", "banking77", "squad", "samsum", "aeslc", "email_intent", "chitchat"]
 
 
 def write_bf16(src: Path, out: Path) -> None:
     config, tensors, base = read_adapter(src)
-    tmp = _atomic_dir(out)
-    try:
-        meta = {"format": "pt"} | ({"polytask_base": json.dumps(base, sort_keys=True)} if base else {})
-        save_file({k: t.to(torch.bfloat16).contiguous() for k, t in tensors.items()}, str(tmp / ADAPTER_WEIGHTS),
-                  metadata=meta)
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    cfg, _ = _lora_config_from_peft(config, str(src / ADAPTER_CONFIG))
+    cfg = dataclasses.replace(cfg, dropout=config.get("lora_dropout", 0.0))  # the training setting, kept as is
+    # base_model.model.<name>.weight -> <name>, the keys save_adapter takes
+    state = {k.removeprefix(PEFT_PREFIX).removesuffix(".weight"): t for k, t in tensors.items()}
+    save_adapter(out, state, cfg, base, config["base_model_name_or_path"], dtype=torch.bfloat16)
 
 
 def main() -> None:

@@ -21,7 +21,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from polytask.apps.common import complete_sentences, first_line, get_lm, open_store, strip_preamble
+from polytask.apps.common import (
+    complete_sentences,
+    first_line,
+    get_lm,
+    open_store,
+    strip_preamble,
+    uses_multitask,
+)
 from polytask.errors import PolytaskError
 from polytask.store import DocStore, Hit
 from polytask.store.text import STOPWORDS, WORD, content_words, sentence_spans, stem
@@ -103,10 +110,9 @@ def ask(
 
 def build_prompt(lm, context: str, question: str) -> str:
     """The multi-task adapter learnt extractive QA in the SQuAD task's words; the base model gets ours."""
-    from polytask.lora import MULTITASK
     from polytask.tasks.qa import Squad
 
-    if getattr(lm, "adapter_name", None) == MULTITASK:
+    if uses_multitask(lm):
         return Squad.user.format(context=context, question=question)
     return PROMPT.format(context=context, question=question)
 
@@ -118,9 +124,9 @@ def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_s
     if not hits or max(h.cosine for h in hits) < min_cosine:
         return Answer(question, NOT_FOUND, False, retrieved=retrieved)
     hits = hits[:3]
-    # The 135M model answers far better from a few sentences than from whole passages (also with
-    # the multi-task adapter: 2 sentences F1 0.49, 3 sentences 0.52, the 2 best passages 0.51, a
-    # tie, on 60 questions of SQuAD *train* articles 10-19), and it leans on the first one: best first.
+    # The 135M model answers far better from a few sentences than from whole passages, and it leans
+    # on the first one: best first. With the multi-task adapter 3 sentences are barely better than 2
+    # (F1 0.519 vs 0.494 on SQuAD train articles; benchmarks/apps.py --squad-articles train).
     sentences = rank_sentences(question, hits, db)[:context_sentences]
     context = " ".join(db.document_text(h.doc_id)[s:e] for h, s, e, _ in sentences)
     prompt = [{"role": "user", "content": build_prompt(lm, context, question)}]

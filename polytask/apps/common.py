@@ -22,6 +22,23 @@ def get_lm(lm=None, model: str = "default", adapter: str | None = "auto"):
     return _LMS[key]
 
 
+def uses_multitask(lm) -> bool:
+    """Whether ``lm`` carries the shipped multi-task adapter (the apps then use its task prompts)."""
+    from polytask.lora import MULTITASK
+
+    return getattr(lm, "adapter_name", None) == MULTITASK
+
+
+def base_lm(lm):
+    """The model for summaries and open chat: ``lm`` itself, or, when ``lm`` carries the shipped
+    multi-task adapter (which shrinks documents to a title), the same model and dtype without it."""
+    if not uses_multitask(lm):
+        return lm
+    from polytask.runtime import LM
+
+    return LM.load(lm.name, adapter="none", dtype=lm.model.model.norm.weight.dtype)
+
+
 def open_store(store: DocStore | str | Path | None) -> DocStore:
     return store if isinstance(store, DocStore) else DocStore(store)
 

@@ -33,11 +33,9 @@ def _heading(title: str, seconds: float) -> None:
 def run(args) -> int:
     from polytask.apps.agent import Agent
     from polytask.apps.ask import ask
+    from polytask.apps.common import base_lm
     from polytask.apps.reply import reply
     from polytask.apps.summarize import summarize
-    from polytask.cliutil import DTYPES
-    from polytask.lora import MULTITASK
-    from polytask.runtime import LM
     from polytask.store import DocStore
     from polytask.weights import polytask_home
 
@@ -49,7 +47,7 @@ def run(args) -> int:
     lm = load_lm(args)
     # The shipped multi-task adapter answers questions and judges e-mails; summaries stay on the base
     # model (the adapter shrinks a document to a subject line).
-    base = LM.load(args.model, adapter="none", dtype=DTYPES[args.dtype]) if lm.adapter_name == MULTITASK else lm
+    base = base_lm(lm)
     print(f"model: {lm.model_dir.name}{' + ' + lm.adapter_name if lm.adapter_name else ''} "
           f"(loaded in {time.perf_counter() - t:.2f} s)")
     store = DocStore(polytask_home() / "demo.sqlite")

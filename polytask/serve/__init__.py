@@ -23,13 +23,13 @@ def load_state(
 ) -> ServeState:
     """Load the model once (twice with the shipped multi-task adapter: ask and replies run on it,
     chat and summaries on the base model), start its scheduler, and open the key store."""
-    from polytask.lora import MULTITASK
+    from polytask.apps.common import base_lm
     from polytask.runtime import LM
     from polytask.store import default_store_path
 
     task_lm = LM.load(model, adapter=adapter, dtype=dtype)
     # The shipped multi-task adapter serves ask and replies only; chat and summaries get the base model.
-    lm = LM.load(model, adapter="none", dtype=dtype) if task_lm.adapter_name == MULTITASK else task_lm
+    lm = base_lm(task_lm)
     # Every caller of lm.engine (the applications' lm.chat, the OpenAI endpoints) now shares one batch.
     lm.engine = Scheduler(lm.engine, scheduler)
     if task_lm is not lm:
