@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from polytask.engine import Engine, SamplingParams
 from polytask.model import KVCache, build_model, preset
@@ -139,3 +140,38 @@ def test_prompt_lookup_speculation_gives_the_greedy_output_in_fewer_steps():
     assert len(calls) < len(expected)
     # Sampling and batches take the ordinary path and still work.
     assert len(spec.generate([[5, 6], [7]], params)[1].tokens) == 60
+
+
+def test_packed_projections_give_the_same_batched_output():
+    from polytask.model import can_pack, fuse_projections, projections
+
+    model = fuse_projections(build_model(preset("tiny"), device="cpu"))
+    model.init_weights(seed=3)
+    if not can_pack(model):
+        pytest.skip("this torch build has no MKL")
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    params = SamplingParams(max_new_tokens=12, stop_ids=[])
+    plain = Engine(model, stop_ids=[2], pad_id=2, pack=False).generate(prompts, params)
+    packed = Engine(model, stop_ids=[2], pad_id=2, pack=True).generate(prompts, params)
+    assert [c.tokens for c in packed] == [c.tokens for c in plain]
+    assert all(p.rows == len(prompts) for p in projections(model))
+    # A weight changed in place is never served from its stale pack.
+    x = torch.randn(len(prompts), model.config.dim)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)
+        torch.testing.assert_close(model.head(x), F.linear(x, model.lm_head.weight))
+    from polytask.model import pack_projections
+
+    pack_projections(model, None)
+    assert all(p.packed is None for p in projections(model))
+
+
+def test_decode_attention_matches_sdpa():
+    from polytask.model import decode_attention
+
+    q, k, v = torch.randn(3, 6, 1, 8), torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
+    mask = torch.rand(3, 1, 1, 10) > 0.3
+    mask[..., 0] = True
+    for m in (None, mask):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+        torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)
