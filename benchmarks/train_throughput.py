@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 
 import torch
@@ -90,6 +91,56 @@ def hf_setup(name: str, fused: bool):
     return step
 
 
+def hf_trainer_setup(name: str, seq_len: int, batch: int, fused: bool, workdir: str):
+    """transformers' ``Trainer`` on the same architecture and batches; returns timed(batches) -> seconds.
+
+    Each call runs ``Trainer.train()`` for one untimed step (the optimizer is created and its
+    state allocated there) and then one step per batch; a callback times those steps alone, so
+    set-up is not counted. The model persists across calls, as ours does.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from polytask.weights import config_to_hf
+
+    cfg = preset(name)
+    hf_cfg = LlamaConfig(**{k: v for k, v in config_to_hf(cfg, torch.float32).items() if k != "torch_dtype"})
+    model = LlamaForCausalLM._from_config(hf_cfg, attn_implementation="sdpa").train()
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 1:
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.t1 = time.perf_counter()
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, rows):
+            self.rows = rows
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.rows[i], "labels": self.rows[i]}
+
+    def timed_trainer(batches) -> float:
+        rows = [r for tokens, _ in [batches[0], *batches] for r in tokens]
+        clock = Clock()
+        args = TrainingArguments(
+            output_dir=workdir, per_device_train_batch_size=batch, max_steps=len(batches) + 1,
+            learning_rate=1e-4, weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0,
+            lr_scheduler_type="constant", optim="adamw_torch_fused" if fused else "adamw_torch",
+            logging_strategy="no", save_strategy="no", report_to="none", use_cpu=True,
+            dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=Rows(rows), callbacks=[clock])
+        trainer.train()
+        return clock.t1 - clock.t0
+
+    return timed_trainer
+
+
 def timed(step, batches) -> float:
     t0 = time.perf_counter()
     for tokens, targets in batches:
@@ -107,11 +158,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="polytask compiles each block (torch.compile)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--hf-fused", action="store_true", help="give transformers' loop the fused AdamW too")
+    ap.add_argument("--no-trainer", action="store_true", help="skip transformers' Trainer (the loop only)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    workdir = tempfile.TemporaryDirectory(prefix="polytask-trainer-")
     peak_flops = peak.measure(torch.device("cpu"), torch.float32, 2048, 3.0)
 
     gen = torch.Generator().manual_seed(0)
@@ -125,21 +178,27 @@ def main() -> None:
             return row[:, :-1].contiguous(), row[:, 1:].contiguous()
 
         ours, theirs = polytask_setup(name, args.compile), hf_setup(name, args.hf_fused)
+        trainer = None
+        if not args.no_trainer:
+            trainer = hf_trainer_setup(name, args.seq_len, args.batch, args.hf_fused, workdir.name)
         warm = [batch() for _ in range(2)]
         timed(ours, warm)  # first steps: allocation, Adam state, compilation
         timed(theirs, warm)
-        ours_t, theirs_t = [], []
+        ours_t, theirs_t, trainer_t = [], [], []
         for _ in range(args.rounds):
             # The machine is shared: re-measure the peak every round and keep the best (a lower MFU).
             peak_flops = max(peak_flops, peak.measure(torch.device("cpu"), torch.float32, 2048, 1.0))
             batches = [batch() for _ in range(args.steps)]
             ours_t.append(timed(ours, batches))
             theirs_t.append(timed(theirs, batches))
+            if trainer is not None:
+                trainer_t.append(trainer(batches))
         tokens = args.steps * args.batch * args.seq_len
         ours_tps, hf_tps = tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t)
+        trainer_tps = tokens / statistics.median(trainer_t) if trainer_t else None
         ddp, zero3 = sum(model_state(cfg, "ddp", 2)), sum(model_state(cfg, "zero3", 2))
-        rows.append((name, ours_tps, hf_tps, cfg.flops_per_token(args.seq_len), zero3 / ddp))
-        del ours, theirs
+        rows.append((name, ours_tps, hf_tps, trainer_tps, cfg.flops_per_token(args.seq_len), zero3 / ddp))
+        del ours, theirs, trainer
 
     peak.save(peak.device_key(torch.device("cpu"), torch.float32), peak_flops)
     print(f"fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads), best of all rounds")
@@ -147,11 +206,17 @@ def main() -> None:
         f"seq_len {args.seq_len} x batch {args.batch}, {args.steps} steps x {args.rounds} alternating rounds, "
         f"fp32, compile={args.compile}, transformers fused AdamW={args.hf_fused}"
     )
-    print(f"{'model':<14}{'polytask tok/s':>16}{'hf tok/s':>12}{'ratio':>8}{'mfu':>8}{'hf mfu':>8}{'zero3/ddp':>11}")
-    rows = [(name, a, b, a / b, a * f / peak_flops, b * f / peak_flops, z) for name, a, b, f, z in rows]
-    for name, a, b, r, m, hm, z in rows:
-        print(f"{name:<14}{a:>16.1f}{b:>12.1f}{r:>8.2f}{m:>8.1%}{hm:>8.1%}{z:>11.3f}")
-    name, a, b, r, m, _, z = rows[0]
+    print(
+        f"{'model':<14}{'polytask tok/s':>16}{'hf tok/s':>12}{'ratio':>8}{'Trainer tok/s':>15}{'ratio':>8}"
+        f"{'mfu':>8}{'hf mfu':>8}{'zero3/ddp':>11}"
+    )
+    table = []
+    for name, a, b, c, f, z in rows:
+        table.append((name, a, b, a / b, c, a / c if c else None, a * f / peak_flops, b * f / peak_flops, z))
+    for name, a, b, r, c, rc, m, hm, z in table:
+        trainer_cols = f"{c:>15.1f}{rc:>8.2f}" if c else f"{'-':>15}{'-':>8}"
+        print(f"{name:<14}{a:>16.1f}{b:>12.1f}{r:>8.2f}{trainer_cols}{m:>8.1%}{hm:>8.1%}{z:>11.3f}")
+    name, a, b, r, c, rc, m, _, z = table[0]
     print(
         json.dumps(
             {
@@ -159,9 +224,14 @@ def main() -> None:
                 "polytask_tok_s": round(a, 1),
                 "hf_tok_s": round(b, 1),
                 "ratio": round(r, 3),
+                "hf_trainer_tok_s": round(c, 1) if c else None,
+                "trainer_ratio": round(rc, 3) if rc else None,
                 "mfu": round(m, 4),
                 "zero3_over_ddp_state": round(z, 4),
-                "all": {row[0]: {"ratio": round(row[3], 3), "mfu": round(row[4], 4)} for row in rows},
+                "all": {
+                    n: {"ratio": round(r_, 3), "trainer_ratio": rc_ and round(rc_, 3), "mfu": round(m_, 4)}
+                    for n, _, _, r_, _, rc_, m_, _, _ in table
+                },
             }
         )
     )
