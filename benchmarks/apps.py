@@ -7,6 +7,8 @@ Last line: one JSON object with
   whole article indexed in the store (retrieval counts); the answer's ``extract`` is scored
   with the official SQuAD normalization. Fractions (0-1).
 - retrieval_recall_at_5: share of those questions whose gold answer lies in a top-5 passage.
+- squad_refused_other_article: share of the same questions, asked of another of the ten
+  articles (where the answer is not), that ``ask`` answers with "not in the documents".
 - intent_accuracy_clinc150 / oos_recall_clinc150: the agent's intent classifier trained on
   the CLINC150 train split (its out-of-scope phrases as the OUT_OF_SCOPE class), its
   confidence threshold tuned on val (+ oos_val); in-scope test
@@ -101,7 +103,15 @@ def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
         if n % 10 == 0:
             log(f"squad {n}/{len(picked)}: {q!r} -> {preds[-1]!r} (gold {answers[0]!r})")
     s = squad_scores(preds, refs)
+    # The same questions asked of another article: the answer is not there, and ask should say so.
+    rng = random.Random(0)
+    refused = []
+    for i, q, _, _ in picked:
+        other = (i + 1 + rng.randrange(len(articles) - 1)) % len(articles)
+        refused.append(not ask(q, collection=f"squad{other}", store=store, lm=lm,
+                               context_sentences=context_sentences).found)
     return {"squad_f1": s["f1"] / 100, "squad_em": s["exact_match"] / 100,
+            "squad_refused_other_article": float(np.mean(refused)),
             "retrieval_recall_at_5": float(np.mean(recall)), "squad_questions": len(picked),
             "ingest_pages_per_s": pages / ingest_s}
 

@@ -45,6 +45,17 @@ def test_answer_copied_from_the_document_is_extracted_as_is(store, app_lm):
     assert a.found and a.extract == "23 June 1912" and a.sources[0].quote.startswith("Turing was born on 23 June 1912")
 
 
+def test_strongly_supported_answer_needs_no_question_word_in_the_context(store, app_lm):
+    # "prize" is nowhere in the biography, but the sentence about the Turing Award matches strongly.
+    a = ask("Which prize honours Turing?", doc=TURING, store=store, lm=app_lm)
+    assert a.found and "Turing Award" in a.extract and a.sources[0].quote.startswith("The Turing Award")
+
+
+def test_question_about_another_document_is_refused(store, app_lm):
+    a = ask("What did Paul Baran develop in the late 1950s?", doc=TURING, store=store, lm=app_lm)
+    assert not a.found and a.sources == []
+
+
 def test_extract_drops_question_words():
     text = "He obtained his PhD from Princeton in 1938."
     assert best_extract("His PhD is from Princeton", "Where did he get his PhD?", text, 0, len(text)) == "Princeton"
