@@ -113,7 +113,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalize in fp32 as the reference does: bf16 variance loses precision.
         if x.dtype == self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one kernel, the same result
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # the same result, faster
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -185,6 +185,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     scores = (q.reshape(b, kv, h // kv, d) @ k.transpose(-1, -2)) * d**-0.5  # (batch, kv_heads, group, keys)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
+    if scores.dtype != torch.float32:  # bf16/fp16: normalize in fp32, as SDPA does
+        return (scores.float().softmax(-1).to(v.dtype) @ v).reshape(b, h, 1, d)
     return (scores.softmax(-1) @ v).reshape(b, h, 1, d)
 
 
