@@ -25,6 +25,31 @@ def test_short_summary_mentions_turing(default_lm):
     assert "Turing" in s.text and 3 < len(s.text.split()) <= 45 and not s.hierarchical
 
 
+CHAT = """Priya: Are we still on for the climbing gym on Saturday?
+Tom: Yes! 10 am works for me
+Priya: Great. Can you bring the spare harness?
+Tom: Sure, and I'll book the lane online tonight
+Priya: Perfect, see you there
+Tom: See you Saturday
+"""
+
+
+def test_chat_transcript_is_summarized_by_the_adapter(tmp_path, default_lm, app_lm):
+    from polytask.apps.summarize import is_chat
+
+    assert is_chat(CHAT) and not is_chat(TURING.read_text(encoding="utf-8"))
+    chat = tmp_path / "chat.txt"
+    chat.write_text(CHAT, encoding="utf-8")
+    loads = []
+    s = summarize(chat, "short", lm=default_lm, chat_lm=lambda: loads.append(1) or app_lm)
+    assert loads == [1]
+    low = s.text.lower()
+    assert ("priya" in low or "tom" in low) and ("climb" in low or "saturday" in low), s.text
+    # A document is not a chat: the adapter is not even loaded.
+    summarize(TURING, "short", lm=default_lm, chat_lm=lambda: loads.append(1) or app_lm)
+    assert loads == [1]
+
+
 def test_long_document_is_summarized_hierarchically(tiny_lm):
     s = summarize(TURING, "medium", lm=tiny_lm, chunk_chars=1200)
     assert s.hierarchical and s.length == "medium"

@@ -23,6 +23,9 @@ def run(args) -> int:
     from polytask.store import parse_file
 
     parse_file(args.file)  # a bad file fails before the model loads
-    s = summarize(args.file, args.length, lm=LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype]))
+    dtype = DTYPES[args.dtype]
+    # A chat transcript gets its short summary from the multi-task adapter (loaded only then).
+    chat_lm = (lambda: LM.load(args.model, adapter="auto", dtype=dtype)) if args.adapter in (None, "none") else None
+    s = summarize(args.file, args.length, lm=LM.load(args.model, adapter=args.adapter, dtype=dtype), chat_lm=chat_lm)
     print(json.dumps(s.to_dict()) if args.json else s.text)
     return 0
