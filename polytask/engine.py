@@ -62,6 +62,8 @@ class Engine:
     (MKL's packed GEMM, see ``model.Projection``). The pack for the last batch size stays until
     another size comes. None (the default) packs when the model is fp32 on an MKL CPU and the
     packs (about twice the weights' bytes) take at most a quarter of the machine's memory.
+    The server's continuous batching (``Scheduler``) does not pack: its row count changes as
+    requests join and leave, and a pack takes longer to make than a few steps save.
     """
 
     def __init__(
