@@ -1,16 +1,20 @@
-"""Training throughput: polytask's training step vs transformers' LlamaForCausalLM in a plain loop.
+"""Training throughput: polytask's training step vs transformers' LlamaForCausalLM in a plain loop
+and in its ``Trainer``.
 
 Same architecture, same random batches, same AdamW settings and clipping, one process, fp32;
-the two are timed in alternating rounds so that machine noise hits both alike. polytask runs
+they are timed in alternating rounds so that machine noise hits both alike. polytask runs
 its own pieces (``parallelize`` on a one-process mesh, ``build_optimizer``, ``clip_grad_norm``,
 the loop's loss) with ``--compile`` applying its per-block ``torch.compile``. MFU is achieved
 model FLOP/s (``ModelConfig.flops_per_token``) over an fp32 matmul peak measured here
 before every round (the best is kept: a shared machine's noise lowers MFU, never raises it).
 
-    python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--compile]
+``Trainer.train()`` runs on a model of the same architecture, on the same batches, with the same AdamW settings and
+clipping; a callback times its steps alone (``--no-trainer`` leaves it out).
+
+    python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--compile] [--no-trainer]
 
 Prints a table, then as the last line one JSON object with polytask_tok_s, hf_tok_s, ratio,
-mfu and zero3_over_ddp_state (for the first model).
+hf_trainer_tok_s, trainer_ratio, mfu and zero3_over_ddp_state (for the first model).
 """
 
 from __future__ import annotations

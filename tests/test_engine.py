@@ -166,6 +166,27 @@ def test_packed_projections_give_the_same_batched_output():
     assert all(p.packed is None for p in projections(model))
 
 
+def test_modules_swapped_after_fusing_are_used():
+    import copy
+
+    from polytask.model import fuse_projections
+
+    model = build_model(preset("tiny"), device="cpu")
+    model.init_weights(seed=4)
+    plain = copy.deepcopy(model)
+    fused = fuse_projections(model)
+    cfg = model.config
+    for m in (fused, plain):  # the same swaps on both: what merging a LoRA layer does
+        torch.manual_seed(5)
+        attn = m.model.layers["0"].self_attn
+        attn.q_proj = torch.nn.Linear(cfg.dim, attn.q_proj.out_features, bias=attn.q_proj.bias is not None)
+        attn.o_proj = torch.nn.Linear(attn.o_proj.in_features, cfg.dim, bias=False)
+        m.lm_head.weight = torch.nn.Parameter(torch.randn(cfg.vocab_size, cfg.dim))
+    ids = torch.randint(3, 1000, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids), plain(ids), atol=1e-5, rtol=1e-5)
+
+
 def test_decode_attention_matches_sdpa():
     from polytask.model import decode_attention
 

@@ -13,6 +13,7 @@ exception: its short summary comes from the adapter, which learnt SAMSum's chat 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,22 +98,20 @@ def summarize(
     model: str = "default",
     adapter: str | None = "none",  # the multi-task adapter writes subject lines, not summaries of documents
     chunk_chars: int = 4000,
-    chat_lm=None,
+    chat_lm: Callable[[], object] | None = None,
 ) -> Summary:
     """Summarize a .txt/.md/.html/.docx/.pdf/.eml file at the given length.
 
-    ``chat_lm``: the model for a short summary of a chat transcript, an LM or a function that
-    loads one (None: ``lm`` if it carries the multi-task adapter, else the base path)."""
+    ``chat_lm``: a function giving the model for the short summary of a chat transcript, called
+    only for a chat (None: ``lm``). A model without the multi-task adapter takes the document path."""
     if length not in LENGTHS:
         raise PolytaskError(f"unknown summary length {length!r}; choose one of: {', '.join(LENGTHS)}")
     doc = parse_file(file)
     instruction, max_new_tokens, max_words = LENGTHS[length]
     if length == "short" and len(doc.text) <= chunk_chars and is_chat(doc.text):
-        if callable(chat_lm) and not hasattr(chat_lm, "chat"):
-            chat_lm = chat_lm()
-        chat_lm = chat_lm or (lm if lm is not None and uses_multitask(lm) else None)
-        if chat_lm is not None and uses_multitask(chat_lm):
-            return Summary(str(file), length, clip_words(summarize_chat(doc.text, chat_lm), max_words))
+        chat = chat_lm() if chat_lm is not None else lm
+        if chat is not None and uses_multitask(chat):
+            return Summary(str(file), length, clip_words(summarize_chat(doc.text, chat), max_words))
     lm = get_lm(lm, model, adapter)
     passages = make_passages(doc.text, doc.blocks, target_chars=chunk_chars // 2)
     if length != "long":

@@ -160,7 +160,7 @@ def add_app_routes(app: FastAPI, state) -> None:
         digest = hashlib.sha256(text.encode()).hexdigest()
         cached = state.records.summary(digest, length)
         if cached is None:
-            cached = summarize(d.path, length, lm=state.lm, chat_lm=state.task_lm).text
+            cached = summarize(d.path, length, lm=state.lm, chat_lm=lambda: state.task_lm).text
             state.records.save_summary(digest, length, cached)
         return {"id": doc_id, "length": length, "summary": cached}
 
