@@ -138,6 +138,30 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def rope_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary map of one position as a matrix: ``apply_rope(x, cos, sin) == x @ R``.
+
+    cos/sin (..., head_dim) -> R (..., head_dim, head_dim). A decode step rotates each row's query
+    and key heads with one small matmul this way instead of apply_rope's seven elementwise ops per
+    tensor, whose per-op overhead (not their arithmetic) is what they cost at a few rows.
+    """
+    d = cos.shape[-1]
+    half = d // 2
+    i = torch.arange(half, device=cos.device)
+    swap = torch.zeros(d, d, dtype=cos.dtype, device=cos.device)  # rotate-half: out[j] gets -x[j+half] / x[j-half]
+    swap[i + half, i] = -1
+    swap[i, i + half] = 1
+    return torch.diag_embed(cos) + swap * sin.unsqueeze(-2)
+
+
+def _rotate(x: torch.Tensor, rot: torch.Tensor, heads: int) -> torch.Tensor:
+    """x (batch, 1, heads * head_dim) times ``rope_rotation``'s matrix -> (batch, heads, 1, head_dim)."""
+    b, d = x.shape[0], rot.shape[-1]
+    if rot.dim() == 2:  # one position for every row: a single mm over all rows and heads
+        return torch.mm(x.reshape(b * heads, d), rot).view(b, heads, 1, d)
+    return torch.bmm(x.reshape(b, heads, d), rot).view(b, heads, 1, d)
+
+
 class KVCache:
     """Preallocated keys and values for every layer: (layers, batch, kv_heads, max_len, head_dim).
 
@@ -147,8 +171,9 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device=None) -> None:
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Not zeroed: slots from ``pos`` on are never read, and left-pad slots are written by the prefill.
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.pos = 0  # next slot to write (same for all rows: rows are left-aligned by padding)
         self.pad: torch.Tensor | None = None  # (batch,) number of left-pad slots per row
@@ -182,13 +207,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     the flash kernel's tiling pays off only for long queries.
     """
     b, h, _, d = q.shape
-    kv = k.shape[1]
-    scores = (q.reshape(b, kv, h // kv, d) @ k.transpose(-1, -2)) * d**-0.5  # (batch, kv_heads, group, keys)
+    kv, keys = k.shape[1], k.shape[2]
+    # bmm on 3-d views rather than 4-d matmul, which adds a chain of expand/reshape ops per call.
+    k, v = k.reshape(b * kv, keys, d), v.reshape(b * kv, keys, d)  # views of the cache: no copy
+    scores = torch.bmm(q.reshape(b * kv, h // kv, d), k.transpose(1, 2)).mul_(d**-0.5)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores.view(b, kv, h // kv, keys).masked_fill_(~mask, float("-inf"))
     if scores.dtype != torch.float32:  # bf16/fp16: normalize in fp32, as SDPA does
-        return (scores.float().softmax(-1).to(v.dtype) @ v).reshape(b, h, 1, d)
-    return (scores.softmax(-1) @ v).reshape(b, h, 1, d)
+        return torch.bmm(scores.float().softmax(-1).to(v.dtype), v).view(b, h, 1, d)
+    return torch.bmm(scores.softmax(-1), v).view(b, h, 1, d)
 
 
 class Attention(nn.Module):
@@ -210,17 +237,24 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         cache: KVCache | None,
         layer: int,
+        rot: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``rot``: one position per row (a decode step), its rotary map from ``rope_rotation``,
+        (head_dim, head_dim) shared by all rows or (batch, head_dim, head_dim); cos/sin are then unused."""
         b, t, _ = x.shape  # (batch, seq, dim)
         if self.qkv is not None and self.qkv.serves(self.q_proj, self.k_proj, self.v_proj):
             sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
             q, k, v = self.qkv(x).split(sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if rot is not None:
+            q = _rotate(q, rot, self.num_heads)  # (batch, heads, 1, head_dim)
+            k = _rotate(k, rot, self.num_kv_heads)
+        else:
+            q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         start = 0
         if cache is not None:
             start = cache.pos
@@ -268,8 +302,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0, rot=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, rot)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -326,8 +360,13 @@ class Llama(nn.Module):
             sin = self.rope_sin[positions].unsqueeze(1)
         h = self.model.embed_tokens(tokens)
         cos, sin = cos.to(h.dtype), sin.to(h.dtype)
+        rot = None
+        if t == 1 and cache is not None:  # a decode step: rotary as a matmul (see rope_rotation)
+            rot = rope_rotation(cos[:, 0, 0], sin[:, 0, 0])  # (batch or 1, head_dim, head_dim)
+            if rot.shape[0] == 1:
+                rot = rot[0]  # one position for every row
         for i, block in enumerate(self.model.layers.values()):
-            h = block(h, cos, sin, mask, cache, i)
+            h = block(h, cos, sin, mask, cache, i, rot)
         if cache is not None:
             cache.advance(t)
         h = self.model.norm(h)
@@ -400,7 +439,7 @@ class Projection:
         return self.module.bias if self.module is not None else self._bias
 
     def serves(self, *modules: nn.Module) -> bool:
-        return len(modules) == len(self.sources) and all(a is b for a, b in zip(self.sources, modules, strict=True))
+        return self.sources == modules  # modules compare by identity
 
     def stale(self) -> bool:
         w = self.weight
@@ -415,11 +454,13 @@ class Projection:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
+        made = self.packed_from  # inlined stale(): this runs four times per layer and token
         if (
-            self.packed is not None
+            made is not None
+            and made[0] is w
+            and made[1] == w._version
             and x.numel() == self.rows * x.shape[-1]
             and not torch.is_grad_enabled()
-            and not self.stale()
         ):
             return torch.ops.mkl._mkl_linear(x, self.packed, w, b, self.rows)
         return F.linear(x, w, b)

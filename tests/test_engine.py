@@ -196,3 +196,23 @@ def test_decode_attention_matches_sdpa():
     for m in (None, mask):
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
         torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)
+
+
+def test_decode_attention_reads_a_cache_slice_in_place():
+    from polytask.model import decode_attention
+
+    cache = torch.randn(2, 3, 2, 32, 8)  # (k/v, batch, kv_heads, max_len, head_dim): a slice is not contiguous
+    k, v, q = cache[0, :, :, :11], cache[1, :, :, :11], torch.randn(3, 4, 1, 8)
+    want = F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous(), enable_gqa=True)
+    torch.testing.assert_close(decode_attention(q, k, v, None), want, atol=1e-6, rtol=1e-5)
+
+
+def test_rope_rotation_matrix_equals_apply_rope():
+    from polytask.model import apply_rope, rope_rotation, rope_tables
+
+    cos, sin = rope_tables(16, 64, 10000.0)
+    pos = torch.tensor([0, 5, 63])
+    x = torch.randn(3, 4, 1, 16)  # (batch, heads, 1, head_dim), one position per row
+    want = apply_rope(x, cos[pos][:, None, None], sin[pos][:, None, None])
+    got = x @ rope_rotation(cos[pos], sin[pos])[:, None]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
