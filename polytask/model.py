@@ -242,19 +242,20 @@ class Attention(nn.Module):
         """``rot``: one position per row (a decode step), its rotary map from ``rope_rotation``,
         (head_dim, head_dim) shared by all rows or (batch, head_dim, head_dim); cos/sin are then unused."""
         b, t, _ = x.shape  # (batch, seq, dim)
+        nh, nkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         if self.qkv is not None and self.qkv.serves(self.q_proj, self.k_proj, self.v_proj):
-            sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
-            q, k, v = self.qkv(x).split(sizes, dim=-1)
+            qkv = self.qkv(x)
+            qk, v = qkv[..., : (nh + nkv) * hd], qkv[..., (nh + nkv) * hd :]  # q and k columns are adjacent
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            qk, v = torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1), self.v_proj(x)
+        v = v.view(b, t, nkv, hd).transpose(1, 2)
         if rot is not None:
-            q = _rotate(q, rot, self.num_heads)  # (batch, heads, 1, head_dim)
-            k = _rotate(k, rot, self.num_kv_heads)
+            qk = _rotate(qk, rot, nh + nkv)  # (batch, heads + kv_heads, 1, head_dim): q and k in one matmul
+            q, k = qk[:, :nh], qk[:, nh:]
         else:
-            q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-            k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = qk.split([nh * hd, nkv * hd], dim=-1)
+            q = apply_rope(q.view(b, t, nh, hd).transpose(1, 2), cos, sin)
+            k = apply_rope(k.view(b, t, nkv, hd).transpose(1, 2), cos, sin)
         start = 0
         if cache is not None:
             start = cache.pos
