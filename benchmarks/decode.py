@@ -142,6 +142,9 @@ def main() -> None:
     print(f"{'':32} {'polytask':>10} {'transformers':>13} {'ratio':>7}")
     for name, a, b in rows:
         print(f"{name:32} {a:10.1f} {b:13.1f} {a / b:7.2f}")
+    per_round = {n: [round(a / b, 2) for a, b in zip(results[p], results[h], strict=True)]
+                 for n, p, h in (("batch1", "pt1", "hf1"), ("batch8", "pt8", "hf8"))}
+    print("ratio per round (the machine's noise): " + "; ".join(f"{n} {v}" for n, v in per_round.items()))
     print(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s, weights {weight_bytes / 1e6:.0f} MB/token -> "
           f"floor {floor_tok_s:.1f} tok/s at batch 1; polytask reaches {med['pt1'] / floor_tok_s:.0%} of it")
     print(json.dumps({
@@ -153,6 +156,8 @@ def main() -> None:
         "batch8_hf_tok_s": round(med["hf8"], 2),
         "batch8_ratio": round(med["pt8"] / med["hf8"], 3),
         "prefill_ratio": round(pre_pt / pre_hf, 3),
+        "batch1_round_ratios": per_round["batch1"],
+        "batch8_round_ratios": per_round["batch8"],
         "bandwidth_gb_s": round(bandwidth / 1e9, 2),
         "floor_tok_s": round(floor_tok_s, 2),
         "fraction_of_floor": round(med["pt1"] / floor_tok_s, 3),
