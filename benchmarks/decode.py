@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as the polytask command line does; it speeds transformers' forwards alike
+    keep_freed_memory()  # as `polytask generate` does; it speeds transformers' forwards alike
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
 
     from transformers import AutoModelForCausalLM

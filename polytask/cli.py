@@ -14,7 +14,6 @@ import sys
 
 from polytask import __version__, commands
 from polytask.errors import PolytaskError
-from polytask.runtime import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    keep_freed_memory()  # faster forwards: activations are reused, not page-faulted in again
     try:
         return int(args.func(args) or 0)
     except PolytaskError as e:

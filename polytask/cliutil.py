@@ -46,8 +46,10 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def load_lm(args: argparse.Namespace):
-    from polytask.runtime import LM
+    """The model of a command that generates in this process (generate, chat, demo, eval)."""
+    from polytask.runtime import LM, keep_freed_memory
 
+    keep_freed_memory()  # its forwards reuse freed activation memory instead of page-faulting it in again
     return LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
 
 

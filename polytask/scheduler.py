@@ -69,6 +69,8 @@ class SlotCache:
 
     def _alloc(self, capacity: int) -> None:
         shape = (self.cfg.num_layers, self.slots, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
+        # Zeroed, unlike KVCache: shorter rows read (masked) slots they never wrote, and a masked
+        # NaN would still poison softmax @ v (0 * NaN = NaN).
         self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.capacity = capacity

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import resource
+import subprocess
 import sys
 
 import pytest
@@ -221,18 +221,56 @@ def test_rope_rotation_matrix_equals_apply_rope():
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+KEEP_FREED_PROBE = """
+import resource, torch
+from polytask.runtime import keep_freed_memory
+
+def faults_of_a_forward_like_round():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.ones(5 << 20) for _ in range(3)]  # 3 x 20 MB alive together, then freed
+    del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+tuned = keep_freed_memory()
+rounds = [faults_of_a_forward_like_round() for _ in range(8)]  # the heap settles within ~5 rounds
+print(tuned, max(rounds[-2:]))
+"""
+
+
 def test_keep_freed_memory_reuses_freed_activation_blocks():
-    from polytask.runtime import keep_freed_memory
+    # A fresh interpreter: the setting is process-wide, and the suite's own heap would blur the count.
+    out = subprocess.run([sys.executable, "-c", KEEP_FREED_PROBE], capture_output=True, text=True, check=True)
+    tuned, faults = out.stdout.split()
+    if tuned != "True":
+        pytest.skip("not glibc: no mallopt")
+    # glibc's default trims the freed 60 MB and faults ~10k fresh pages in again every round.
+    assert int(faults) < 1000
 
-    def faults_of_a_forward_like_round() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        blocks = [torch.ones(5 << 20) for _ in range(3)]  # 3 x 20 MB alive together, then freed
-        del blocks
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    assert keep_freed_memory()
-    for _ in range(2):
-        faults_of_a_forward_like_round()
-    # glibc's default trims the freed 60 MB and faults ~10-15k fresh pages in again every round.
-    assert faults_of_a_forward_like_round() < 1000
+def test_engine_never_reads_an_unwritten_cache_slot(tiny_engine, monkeypatch):
+    """KVCache is allocated with torch.empty: fill it with NaN and every path must give the same tokens."""
+    import polytask.engine as engine_module
+
+    class NaNCache(KVCache):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.k.fill_(float("nan"))
+            self.v.fill_(float("nan"))
+
+    params = SamplingParams(max_new_tokens=12)
+    prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700], [42]]  # left-padded batch
+    lookup = [[9, 8, 7, 9, 8, 7, 9, 8]]  # batch 1, greedy: the prompt-lookup path with drafts and rollback
+    want = [tiny_engine.generate(p, params) for p in (prompts, lookup)]
+    monkeypatch.setattr(engine_module, "KVCache", NaNCache)
+    got = [tiny_engine.generate(p, params) for p in (prompts, lookup)]
+    assert [[c.tokens for c in w] for w in want] == [[c.tokens for c in g] for g in got]
+
+
+def test_rope_rotation_in_bf16_stays_within_rounding_of_apply_rope():
+    from polytask.model import _rotate, apply_rope, rope_rotation, rope_tables
+
+    cos, sin = rope_tables(16, 64, 10000.0)
+    x = torch.randn(2, 1, 3 * 16)  # (batch, 1, heads * head_dim), as the fused projection gives it
+    want = apply_rope(x.view(2, 1, 3, 16).transpose(1, 2), cos[7], sin[7])  # fp32 reference
+    got = _rotate(x.bfloat16(), rope_rotation(cos[7], sin[7]).bfloat16(), 3)
+    torch.testing.assert_close(got.float(), want, atol=0.02, rtol=0.01)
