@@ -7,7 +7,7 @@ prefill of one 128-token prompt,
 and the memory-bandwidth floor: at batch 1 every weight byte is read once per token, so
 ``bandwidth / weight bytes`` bounds tokens/s; the table says how close polytask gets.
 
-    python benchmarks/decode.py [--rounds 3] [--threads 2] [--dtype fp32|bf16]
+    python benchmarks/decode.py [--rounds 5] [--threads 2] [--dtype fp32|bf16]
 
 The last line is one JSON object (polytask_tok_s, hf_tok_s, ratio, batch8_ratio, prefill_ratio, ...).
 """
@@ -88,7 +88,7 @@ def time_prefill(forward, ids: torch.Tensor, repeats: int = 3) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
