@@ -1,8 +1,9 @@
 """Greedy decoding speed: polytask's engine vs transformers' ``generate``, same weights, same threads.
 
 128 new tokens after a 128-token prompt, batch 1 and batch 8, alternating the two engines for
-``--rounds`` rounds and keeping each one's median. polytask's greedy batch-1 decoding uses
-prompt-lookup speculation by default (lossless); the table also shows it switched off. Also the
+``--rounds`` rounds and keeping each one's median. polytask's greedy decoding uses
+prompt-lookup speculation by default (lossless; at batch 8 each row drafts and advances on its
+own); the table also shows batch 1 with it switched off. Also the
 prefill of one 128-token prompt,
 and the memory-bandwidth floor: at batch 1 every weight byte is read once per token, so
 ``bandwidth / weight bytes`` bounds tokens/s; the table says how close polytask gets.

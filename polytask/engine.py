@@ -47,6 +47,12 @@ class Completion:
     finish_reason: str = "length"  # "stop" (a stop token ended it; not included) | "length"
 
 
+# Draft tokens per row in batched greedy decoding (Engine._generate_lookup_batch): each step
+# verifies a window of 1 + BATCH_LOOKAHEAD positions per row. 1, 2 and 3 all cut the forwards
+# of the decode benchmark's batch to 70-89 of 127; 2 keeps the window's matmuls cheap.
+BATCH_LOOKAHEAD = 2
+
+
 def _memory_bytes() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -75,10 +81,12 @@ class Engine:
         self.lookahead = lookahead
         self.dtype = model.model.embed_tokens.weight.dtype
         self.device = model.model.embed_tokens.weight.device
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         if pack is None:
-            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             pack = can_pack(model) and 2 * weight_bytes <= _memory_bytes() // 4
         self.pack = pack and can_pack(model)
+        # A second pack set (for the rows of a batched lookup window) when it fits as well.
+        self.pack_windows = self.pack and 4 * weight_bytes <= _memory_bytes() // 4
 
     @property
     def context_length(self) -> int:
@@ -199,6 +207,103 @@ class Engine:
                 remember(len(history) - 1)
             nxt = preds[accepted]
 
+    @torch.inference_mode()
+    def _generate_lookup_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """Greedy decoding of several prompts with a prompt-lookup draft per row (see ``_stream_lookup``).
+
+        Rows accept different numbers of draft tokens, and each row advances by its own count:
+        every step writes the same window of W slots for all rows, and the slots of a row's
+        rejected or missing drafts become holes, masked like left padding, while positions count
+        each row's real tokens. A step where no row has a draft is a plain decode step. On the
+        decode benchmark's 8 prompts, 2-token drafts cut the forwards for 128 tokens from 127 to 76
+        (the slowest row's count); a forward of 3 positions per row costs less than twice one.
+        The output is each row's greedy output.
+        """
+        model, stop_set = self.model, set(params.stop_ids if params.stop_ids is not None else self.stop_ids)
+        cache_len = self._check(prompts, params)
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        budget = cache_len - longest  # new tokens per row, as in stream_batch
+        width = 1 + BATCH_LOOKAHEAD
+        if self.pack:
+            pack_projections(model, (batch, batch * width) if self.pack_windows else batch)
+        slots = longest + budget * width  # worst case: every step writes a full window and keeps one token
+        cache = KVCache(model.config, batch, slots, self.dtype, self.device)
+        tokens = torch.full((batch, longest), self.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            tokens[i, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
+        pad = torch.tensor([longest - len(p) for p in prompts])
+        valid = torch.arange(slots)[None, :] >= pad[:, None]  # (batch, slots): slots holding a row's real tokens
+        valid[:, longest:] = False
+        positions = mask = None
+        if bool(pad.any()):  # left padding, as in stream_batch
+            positions = (torch.arange(longest)[None, :] - pad[:, None]).clamp(min=0)
+            causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+            mask = ((causal & valid[:, None, :longest]) | torch.eye(longest, dtype=torch.bool))[:, None]
+        logits = model(tokens.to(self.device), cache=cache, positions=positions, mask=mask, last_only=True)
+        nxt = logits[:, -1].argmax(-1).tolist()
+        length = [len(p) for p in prompts]  # real tokens in the cache per row (the next one's position)
+        history = [list(p) for p in prompts]
+        index: list[dict[tuple[int, ...], int]] = [{} for _ in prompts]
+
+        def remember(i: int, p: int) -> None:
+            for n in (2, 3):
+                if p >= n:
+                    index[i][tuple(history[i][p - n : p])] = p
+
+        for i in range(batch):
+            for p in range(len(history[i])):
+                remember(i, p)
+        results = [Completion() for _ in prompts]
+        left = [budget] * batch
+        active = [True] * batch
+
+        def emit(i: int, t: int) -> None:
+            if t in stop_set:
+                active[i] = False
+                results[i].finish_reason = "stop"
+                return
+            results[i].tokens.append(t)
+            history[i].append(t)
+            remember(i, len(history[i]) - 1)
+            left[i] -= 1
+            if left[i] == 0:
+                active[i] = False
+
+        for i in range(batch):
+            emit(i, nxt[i])
+        while any(active):
+            drafts = []
+            for i in range(batch):
+                start = index[i].get(tuple(history[i][-3:])) or index[i].get(tuple(history[i][-2:]))
+                room = min(BATCH_LOOKAHEAD, left[i] - 1) if active[i] else 0
+                drafts.append(history[i][start : start + room] if start is not None and room > 0 else [])
+            w = width if any(drafts) else 1
+            pos = cache.pos
+            window = torch.full((batch, w), self.pad_id, dtype=torch.long)
+            for i in range(batch):
+                window[i, : 1 + len(drafts[i])] = torch.tensor([nxt[i], *drafts[i]], dtype=torch.long)
+            valid[:, pos : pos + w] = True  # this step's own slots, for its queries
+            step_positions = torch.tensor(length)[:, None] + torch.arange(w)[None, :]
+            keys = valid[:, None, : pos + w].expand(batch, w, pos + w).clone()
+            keys[:, :, pos:] &= torch.ones(w, w, dtype=torch.bool).tril()
+            logits = model(window.to(self.device), cache=cache, positions=step_positions, mask=keys[:, None])
+            preds = logits.argmax(-1).tolist()  # (batch, w): the greedy token after each window position
+            for i in range(batch):
+                accepted = 0
+                if active[i]:
+                    d = drafts[i]
+                    while accepted < len(d) and d[accepted] == preds[i][accepted] and d[accepted] not in stop_set:
+                        accepted += 1
+                valid[i, pos + 1 + accepted : pos + w] = False  # rejected or missing drafts: holes
+                length[i] += 1 + accepted
+                nxt[i] = preds[i][accepted]
+                if active[i]:
+                    for t in drafts[i][:accepted]:
+                        emit(i, t)
+                    if active[i]:
+                        emit(i, nxt[i])
+        return results
+
     @staticmethod
     def _sample(
         logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None, seen: torch.Tensor | None
@@ -227,6 +332,8 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Completion]:
         params = params or SamplingParams()
+        if len(prompts) > 1 and params.temperature == 0 and params.repetition_penalty == 1.0 and self.lookahead:
+            return self._generate_lookup_batch(prompts, params)
         results = [Completion() for _ in prompts]
         finished = [False] * len(prompts)
         for step_tokens in self.stream_batch(prompts, params):

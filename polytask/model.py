@@ -431,8 +431,8 @@ class Projection:
                  module: nn.Linear | None = None, sources: tuple[nn.Module, ...] = ()) -> None:
         self.module, self._weight, self._bias = module, weight, bias
         self.sources = (module,) if module is not None else sources
-        self.packed: torch.Tensor | None = None
-        self.rows = 0
+        self.packs: dict[int, torch.Tensor] = {}  # row count -> packed weight
+        self.rows: tuple[int, ...] = ()
         self.packed_from: tuple[torch.Tensor, int] | None = None  # (weight, its version) of the pack
 
     @property
@@ -450,24 +450,22 @@ class Projection:
         w = self.weight
         return self.packed_from is None or self.packed_from[0] is not w or self.packed_from[1] != w._version
 
-    def pack(self, rows: int | None) -> None:
-        self.packed, self.rows, self.packed_from = None, 0, None
+    def pack(self, rows: tuple[int, ...]) -> None:
+        """One pack per row count in ``rows`` (empty: none)."""
+        self.packs, self.rows, self.packed_from = {}, (), None
         if rows:
             w = self.weight
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows)
+            self.packs = {r: torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), r) for r in rows}
             self.rows, self.packed_from = rows, (w, w._version)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
         made = self.packed_from  # inlined stale(): this runs four times per layer and token
-        if (
-            made is not None
-            and made[0] is w
-            and made[1] == w._version
-            and x.numel() == self.rows * x.shape[-1]
-            and not torch.is_grad_enabled()
-        ):
-            return torch.ops.mkl._mkl_linear(x, self.packed, w, b, self.rows)
+        if made is not None and made[0] is w and made[1] == w._version and not torch.is_grad_enabled():
+            m = x.numel() // x.shape[-1]
+            packed = self.packs.get(m)
+            if packed is not None:
+                return torch.ops.mkl._mkl_linear(x, packed, w, b, m)
         return F.linear(x, w, b)
 
 
@@ -531,8 +529,10 @@ def can_pack(model: Llama) -> bool:
 
 
 @torch.no_grad()
-def pack_projections(model: Llama, rows: int | None) -> None:
-    """Pack every ``Projection`` for inputs of ``rows`` rows (None: drop the packs)."""
+def pack_projections(model: Llama, rows: int | tuple[int, ...] | None) -> None:
+    """Pack every ``Projection`` for inputs of ``rows`` rows, one pack per count given (None: drop
+    the packs). Each pack costs about twice the weights' bytes."""
+    rows = () if rows is None else (rows,) if isinstance(rows, int) else tuple(rows)
     for p in projections(model):
         if p.rows != rows or p.stale():
             p.pack(rows)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polytask.engine import Engine, SamplingParams
+from polytask.engine import BATCH_LOOKAHEAD, Engine, SamplingParams
 from polytask.model import KVCache, build_model, preset
 from polytask.runtime import LM
 
@@ -157,7 +157,8 @@ def test_packed_projections_give_the_same_batched_output():
     plain = Engine(model, stop_ids=[2], pad_id=2, pack=False).generate(prompts, params)
     packed = Engine(model, stop_ids=[2], pad_id=2, pack=True).generate(prompts, params)
     assert [c.tokens for c in packed] == [c.tokens for c in plain]
-    assert all(p.rows == len(prompts) for p in projections(model))
+    # batched greedy decoding packs for the batch and for its lookup windows of 1 + BATCH_LOOKAHEAD rows each
+    assert all(p.rows == (3, 3 * (1 + BATCH_LOOKAHEAD)) for p in projections(model))
     # A weight changed in place is never served from its stale pack.
     x = torch.randn(len(prompts), model.config.dim)
     with torch.no_grad():
@@ -166,7 +167,7 @@ def test_packed_projections_give_the_same_batched_output():
     from polytask.model import pack_projections
 
     pack_projections(model, None)
-    assert all(p.packed is None for p in projections(model))
+    assert all(not p.packs for p in projections(model))
 
 
 def test_modules_swapped_after_fusing_are_used():
@@ -274,3 +275,22 @@ def test_rope_rotation_in_bf16_stays_within_rounding_of_apply_rope():
     want = apply_rope(x.view(2, 1, 3, 16).transpose(1, 2), cos[7], sin[7])  # fp32 reference
     got = _rotate(x.bfloat16(), rope_rotation(cos[7], sin[7]).bfloat16(), 3)
     torch.testing.assert_close(got.float(), want, atol=0.02, rtol=0.01)
+
+
+def test_batched_prompt_lookup_gives_each_rows_greedy_output_in_fewer_forwards(tiny_engine, monkeypatch):
+    """Rows accept different drafts and advance independently (holes in the cache); the tokens
+    must equal plain batched decoding and one-by-one decoding, with stops and lengths as there."""
+    base = [17, 503, 88, 940, 61, 222]
+    prompts = [base * 4, [5, 6, 7] + base * 2, [42, 43] * 5, base[:3] * 6 + [9]]  # left-padded, repetitive
+    params = SamplingParams(max_new_tokens=40)
+    model = tiny_engine.model
+    forwards = []
+    monkeypatch.setattr(model, "forward", lambda *a, _f=model.forward, **k: forwards.append(1) or _f(*a, **k))
+    got = tiny_engine.generate(prompts, params)
+    lookup_forwards = len(forwards)
+    monkeypatch.setattr(tiny_engine, "lookahead", 0)
+    plain = tiny_engine.generate(prompts, params)
+    one_by_one = [tiny_engine.generate([p], params)[0] for p in prompts]
+    assert [c.tokens for c in got] == [c.tokens for c in plain] == [c.tokens for c in one_by_one]
+    assert [c.finish_reason for c in got] == [c.finish_reason for c in plain]
+    assert lookup_forwards < max(len(c.tokens) for c in got)  # drafts were accepted
