@@ -65,9 +65,11 @@ class Engine:
     (prompt-lookup speculation, see ``_stream_lookup``); 0 turns it off.
 
     ``pack``: decode batches of B > 1 rows with the projection weights packed for B rows
-    (MKL's packed GEMM, see ``model.Projection``). The pack for the last batch size stays until
-    another size comes. None (the default) packs when the model is fp32 on an MKL CPU and the
-    packs (about twice the weights' bytes) take at most a quarter of the machine's memory.
+    (MKL's packed GEMM, see ``model.Projection``), and, for batched greedy decoding with
+    lookup drafts, also for its windows of B × (1 + BATCH_LOOKAHEAD) rows when a second pack set
+    fits as well. The packs for the last batch stay until another batch size or mode comes.
+    None (the default) packs when the model is fp32 on an MKL CPU and the packs (about twice
+    the weights' bytes each) take at most a quarter of the machine's memory.
     The server's continuous batching (``Scheduler``) does not pack: its row count changes as
     requests join and leave, and a pack takes longer to make than a few steps save.
     """
@@ -223,10 +225,12 @@ class Engine:
         cache_len = self._check(prompts, params)
         batch, longest = len(prompts), max(len(p) for p in prompts)
         budget = cache_len - longest  # new tokens per row, as in stream_batch
-        width = 1 + BATCH_LOOKAHEAD
+        width = 1 + min(self.lookahead, BATCH_LOOKAHEAD)
         if self.pack:
             pack_projections(model, (batch, batch * width) if self.pack_windows else batch)
-        slots = longest + budget * width  # worst case: every step writes a full window and keeps one token
+        # Room for the tokens plus as many holes again; once the holes have used their share, the
+        # remaining steps are plain (one slot each), so the cache never overflows.
+        slots = longest + 2 * budget + width
         cache = KVCache(model.config, batch, slots, self.dtype, self.device)
         tokens = torch.full((batch, longest), self.pad_id, dtype=torch.long)
         for i, p in enumerate(prompts):
@@ -275,15 +279,20 @@ class Engine:
             drafts = []
             for i in range(batch):
                 start = index[i].get(tuple(history[i][-3:])) or index[i].get(tuple(history[i][-2:]))
-                room = min(BATCH_LOOKAHEAD, left[i] - 1) if active[i] else 0
+                room = min(width - 1, left[i] - 1) if active[i] else 0
                 drafts.append(history[i][start : start + room] if start is not None and room > 0 else [])
-            w = width if any(drafts) else 1
             pos = cache.pos
+            most_left = max(n for n, a in zip(left, active, strict=True) if a)
+            w = width if any(drafts) and pos + width + most_left <= slots else 1
+            if w == 1:
+                drafts = [[] for _ in drafts]
             window = torch.full((batch, w), self.pad_id, dtype=torch.long)
             for i in range(batch):
                 window[i, : 1 + len(drafts[i])] = torch.tensor([nxt[i], *drafts[i]], dtype=torch.long)
             valid[:, pos : pos + w] = True  # this step's own slots, for its queries
             step_positions = torch.tensor(length)[:, None] + torch.arange(w)[None, :]
+            # Holes and finished rows run past their last real token; their outputs are never used.
+            step_positions.clamp_(max=self.context_length - 1)
             keys = valid[:, None, : pos + w].expand(batch, w, pos + w).clone()
             keys[:, :, pos:] &= torch.ones(w, w, dtype=torch.bool).tril()
             logits = model(window.to(self.device), cache=cache, positions=step_positions, mask=keys[:, None])

@@ -294,3 +294,12 @@ def test_batched_prompt_lookup_gives_each_rows_greedy_output_in_fewer_forwards(t
     assert [c.tokens for c in got] == [c.tokens for c in plain] == [c.tokens for c in one_by_one]
     assert [c.finish_reason for c in got] == [c.finish_reason for c in plain]
     assert lookup_forwards < max(len(c.tokens) for c in got)  # drafts were accepted
+
+
+def test_batched_prompt_lookup_at_the_end_of_the_context_window(tiny_engine, monkeypatch):
+    # Holes and finished rows run past their last real token: their positions must stay in the rope table.
+    prompts = [[5] * (tiny_engine.context_length - 6), [5]]
+    params = SamplingParams(max_new_tokens=tiny_engine.context_length)
+    got = tiny_engine.generate(prompts, params)
+    monkeypatch.setattr(tiny_engine, "lookahead", 0)
+    assert [c.tokens for c in got] == [c.tokens for c in tiny_engine.generate(prompts, params)]
