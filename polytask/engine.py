@@ -61,8 +61,9 @@ def _memory_bytes() -> int:
 
 
 class Engine:
-    """``lookahead``: at most this many draft tokens per step for greedy single-prompt decoding
-    (prompt-lookup speculation, see ``_stream_lookup``); 0 turns it off.
+    """``lookahead``: at most this many draft tokens per step for greedy decoding (prompt-lookup
+    speculation: ``_stream_lookup`` for one prompt, ``_generate_lookup_batch`` for several, where
+    it is also capped by BATCH_LOOKAHEAD); 0 turns it off.
 
     ``pack``: decode batches of B > 1 rows with the projection weights packed for B rows
     (MKL's packed GEMM, see ``model.Projection``), and, for batched greedy decoding with
