@@ -53,6 +53,31 @@ class Completion:
 BATCH_LOOKAHEAD = 2
 
 
+class NgramDrafts:
+    """One sequence's tokens and where each of its 2- and 3-grams last occurred: prompt-lookup
+    drafts (the tokens that followed the sequence's last 3-gram, or 2-gram, earlier on)."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.history: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}  # n-gram -> position of the token that followed it
+        for t in tokens:
+            self.add(t)
+
+    def add(self, token: int) -> None:
+        h, p = self.history, len(self.history)
+        h.append(token)
+        for n in (2, 3):  # index the n-grams ending just before the new token
+            if p >= n:
+                self.index[tuple(h[p - n : p])] = p
+
+    def draft(self, room: int) -> list[int]:
+        if room <= 0:
+            return []
+        h = self.history
+        start = self.index.get(tuple(h[-3:])) or self.index.get(tuple(h[-2:]))
+        return h[start : start + room] if start is not None else []
+
+
 def _memory_bytes() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -123,21 +148,9 @@ class Engine:
         batch, longest = len(prompts), max(len(p) for p in prompts)
         if self.pack and batch > 1:
             pack_projections(self.model, batch)  # every decode step below has ``batch`` rows
-        pad = torch.tensor([longest - len(p) for p in prompts])
-        tokens = torch.full((batch, longest), self.pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            tokens[i, pad[i] :] = torch.tensor(p, dtype=torch.long)
+        tokens, pad, key_valid, positions, mask = self._left_padded(prompts, cache_len)
         cache = KVCache(self.model.config, batch, cache_len, self.dtype, self.device)
-        padded = bool(pad.any())
-        positions = mask = key_valid = None
-        if padded:
-            # Left padding: row i's real tokens start at pad[i]; its positions count from there.
-            key_valid = torch.arange(cache_len)[None, :] >= pad[:, None]  # (batch, cache_len)
-            positions = (torch.arange(longest)[None, :] - pad[:, None]).clamp(min=0)
-            causal = torch.ones(longest, longest, dtype=torch.bool).tril()
-            # A padding query attends to itself only, so no row of the mask is empty (NaN otherwise).
-            mask = (causal & key_valid[:, None, :longest]) | torch.eye(longest, dtype=torch.bool)
-            mask = mask[:, None]  # (batch, 1, query, key)
+        padded = mask is not None
         seen = tokens.clone() if params.repetition_penalty != 1.0 else None
         logits = self.model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)[:, -1]
         done = torch.zeros(batch, dtype=torch.bool)
@@ -156,6 +169,25 @@ class Engine:
                 mask = key_valid[:, None, None, : cache.pos + 1]
             logits = self.model(nxt[:, None], cache=cache, positions=positions, mask=mask)[:, -1]
 
+    def _left_padded(self, prompts: list[list[int]], slots: int):
+        """The prompts left-padded to the longest: tokens (batch, longest), pad (batch,), the
+        cache slots each row may attend to (batch, slots), and the prefill's positions and mask
+        (None when no row is padded)."""
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        pad = torch.tensor([longest - len(p) for p in prompts])
+        tokens = torch.full((batch, longest), self.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            tokens[i, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
+        key_valid = torch.arange(slots)[None, :] >= pad[:, None]
+        positions = mask = None
+        if bool(pad.any()):
+            # Row i's real tokens start at pad[i]; its positions count from there.
+            positions = (torch.arange(longest)[None, :] - pad[:, None]).clamp(min=0)
+            causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+            # A padding query attends to itself only, so no row of the mask is empty (NaN otherwise).
+            mask = ((causal & key_valid[:, None, :longest]) | torch.eye(longest, dtype=torch.bool))[:, None]
+        return tokens.to(self.device), pad, key_valid, positions, mask
+
     def _stream_lookup(
         self, prompt: list[int], params: SamplingParams, stops: torch.Tensor, cache_len: int
     ) -> Iterator[list[int | None]]:
@@ -171,16 +203,7 @@ class Engine:
         """
         model, stop_set = self.model, set(stops.tolist())
         cache = KVCache(model.config, 1, min(cache_len + self.lookahead, self.context_length), self.dtype, self.device)
-        history = list(prompt)
-        index: dict[tuple[int, ...], int] = {}  # n-gram -> position of the token that followed it
-
-        def remember(p: int) -> None:  # history[p] is new: index the n-grams ending just before it
-            for n in (2, 3):
-                if p >= n:
-                    index[tuple(history[p - n : p])] = p
-
-        for p in range(len(history)):
-            remember(p)
+        drafts = NgramDrafts(prompt)
         logits = model(torch.tensor([prompt], device=self.device), cache=cache, last_only=True)
         nxt = int(logits[0, -1].argmax())
         budget = cache_len - len(prompt)
@@ -192,11 +215,8 @@ class Engine:
             budget -= 1
             if budget == 0:
                 return
-            history.append(nxt)
-            remember(len(history) - 1)
-            room = min(self.lookahead, budget - 1, cache.max_len - cache.pos - 1)
-            start = index.get(tuple(history[-3:])) or index.get(tuple(history[-2:]))
-            draft = history[start : start + room] if start is not None and room > 0 else []
+            drafts.add(nxt)
+            draft = drafts.draft(min(self.lookahead, budget - 1, cache.max_len - cache.pos - 1))
             logits = model(torch.tensor([[nxt, *draft]], device=self.device), cache=cache)
             preds = logits[0].argmax(-1).tolist()  # preds[i]: the greedy token after input position i
             accepted = 0
@@ -206,8 +226,7 @@ class Engine:
             for t in draft[:accepted]:
                 yield [t]
                 budget -= 1
-                history.append(t)
-                remember(len(history) - 1)
+                drafts.add(t)
             nxt = preds[accepted]
 
     @torch.inference_mode()
@@ -233,31 +252,12 @@ class Engine:
         # remaining steps are plain (one slot each), so the cache never overflows.
         slots = longest + 2 * budget + width
         cache = KVCache(model.config, batch, slots, self.dtype, self.device)
-        tokens = torch.full((batch, longest), self.pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            tokens[i, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
-        pad = torch.tensor([longest - len(p) for p in prompts])
-        valid = torch.arange(slots)[None, :] >= pad[:, None]  # (batch, slots): slots holding a row's real tokens
-        valid[:, longest:] = False
-        positions = mask = None
-        if bool(pad.any()):  # left padding, as in stream_batch
-            positions = (torch.arange(longest)[None, :] - pad[:, None]).clamp(min=0)
-            causal = torch.ones(longest, longest, dtype=torch.bool).tril()
-            mask = ((causal & valid[:, None, :longest]) | torch.eye(longest, dtype=torch.bool))[:, None]
-        logits = model(tokens.to(self.device), cache=cache, positions=positions, mask=mask, last_only=True)
+        tokens, _, valid, positions, mask = self._left_padded(prompts, slots)
+        valid[:, longest:] = False  # (batch, slots): the slots holding a row's real tokens
+        logits = model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)
         nxt = logits[:, -1].argmax(-1).tolist()
         length = [len(p) for p in prompts]  # real tokens in the cache per row (the next one's position)
-        history = [list(p) for p in prompts]
-        index: list[dict[tuple[int, ...], int]] = [{} for _ in prompts]
-
-        def remember(i: int, p: int) -> None:
-            for n in (2, 3):
-                if p >= n:
-                    index[i][tuple(history[i][p - n : p])] = p
-
-        for i in range(batch):
-            for p in range(len(history[i])):
-                remember(i, p)
+        rows = [NgramDrafts(p) for p in prompts]
         results = [Completion() for _ in prompts]
         left = [budget] * batch
         active = [True] * batch
@@ -268,8 +268,7 @@ class Engine:
                 results[i].finish_reason = "stop"
                 return
             results[i].tokens.append(t)
-            history[i].append(t)
-            remember(i, len(history[i]) - 1)
+            rows[i].add(t)
             left[i] -= 1
             if left[i] == 0:
                 active[i] = False
@@ -277,11 +276,7 @@ class Engine:
         for i in range(batch):
             emit(i, nxt[i])
         while any(active):
-            drafts = []
-            for i in range(batch):
-                start = index[i].get(tuple(history[i][-3:])) or index[i].get(tuple(history[i][-2:]))
-                room = min(width - 1, left[i] - 1) if active[i] else 0
-                drafts.append(history[i][start : start + room] if start is not None and room > 0 else [])
+            drafts = [rows[i].draft(min(width - 1, left[i] - 1)) if active[i] else [] for i in range(batch)]
             pos = cache.pos
             most_left = max(n for n, a in zip(left, active, strict=True) if a)
             w = width if any(drafts) and pos + width + most_left <= slots else 1
