@@ -27,17 +27,23 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from polytask.config import OptimConfig, ParallelConfig
 from polytask.model import build_model, preset
 from polytask.train import peak
+from polytask.train.loss import token_cross_entropy
 from polytask.train.optim import build_optimizer, clip_grad_norm
 from polytask.train.parallelize import build_mesh, parallelize
 from polytask.train.planner import model_state
 
 
-def polytask_setup(name: str, compile_blocks: bool):
+def autocast(dtype: torch.dtype):
+    """bf16: autocast around the forward, as both polytask's loop (one process or DDP) and
+    transformers' ``Trainer(bf16=True)`` do on CPU; fp32: nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
+def polytask_setup(name: str, compile_blocks: bool, dtype: torch.dtype):
     cfg = preset(name)
 
     def materialize(model):
@@ -57,8 +63,9 @@ def polytask_setup(name: str, compile_blocks: bool):
     params = list(model.parameters())
 
     def step(tokens, targets):
-        logits = model(tokens)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+        with autocast(dtype):
+            logits = model(tokens)
+        ce = token_cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         (ce.sum() / (targets != -100).sum()).backward()
         clip_grad_norm(params, 1.0)
         optimizer.step()
@@ -67,7 +74,7 @@ def polytask_setup(name: str, compile_blocks: bool):
     return step
 
 
-def hf_setup(name: str, fused: bool):
+def hf_setup(name: str, fused: bool, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from polytask.weights import config_to_hf
@@ -86,7 +93,8 @@ def hf_setup(name: str, fused: bool):
 
     def step(tokens, targets):
         # labels are the inputs: transformers shifts them itself
-        loss = model(input_ids=tokens, labels=tokens).loss
+        with autocast(dtype):
+            loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -95,7 +103,7 @@ def hf_setup(name: str, fused: bool):
     return step
 
 
-def hf_trainer_setup(name: str, seq_len: int, batch: int, fused: bool, workdir: str):
+def hf_trainer_setup(name: str, seq_len: int, batch: int, fused: bool, dtype: torch.dtype, workdir: str):
     """transformers' ``Trainer`` on the same architecture and batches; returns timed(batches) -> seconds.
 
     Each call runs ``Trainer.train()`` for one untimed step (the optimizer is created and its
@@ -136,7 +144,7 @@ def hf_trainer_setup(name: str, seq_len: int, batch: int, fused: bool, workdir: 
             learning_rate=1e-4, weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0,
             lr_scheduler_type="constant", optim="adamw_torch_fused" if fused else "adamw_torch",
             logging_strategy="no", save_strategy="no", report_to="none", use_cpu=True,
-            dataloader_num_workers=0, disable_tqdm=True, seed=0,
+            dataloader_num_workers=0, disable_tqdm=True, seed=0, bf16=dtype == torch.bfloat16,
         )
         trainer = Trainer(model=model, args=args, train_dataset=Rows(rows), callbacks=[clock])
         trainer.train()
@@ -163,13 +171,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--hf-fused", action="store_true", help="give transformers' loop the fused AdamW too")
     ap.add_argument("--no-trainer", action="store_true", help="skip transformers' Trainer (the loop only)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast for all three")
     args = ap.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     if args.threads:
         torch.set_num_threads(args.threads)
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     workdir = tempfile.TemporaryDirectory(prefix="polytask-trainer-")
-    peak_flops = peak.measure(torch.device("cpu"), torch.float32, 2048, 3.0)
+    peak_flops = peak.measure(torch.device("cpu"), dtype, 2048, 3.0)
 
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -181,17 +191,17 @@ def main() -> None:
             row = torch.randint(0, vocab, (args.batch, args.seq_len + 1), generator=gen)
             return row[:, :-1].contiguous(), row[:, 1:].contiguous()
 
-        ours, theirs = polytask_setup(name, args.compile), hf_setup(name, args.hf_fused)
+        ours, theirs = polytask_setup(name, args.compile, dtype), hf_setup(name, args.hf_fused, dtype)
         trainer = None
         if not args.no_trainer:
-            trainer = hf_trainer_setup(name, args.seq_len, args.batch, args.hf_fused, workdir.name)
+            trainer = hf_trainer_setup(name, args.seq_len, args.batch, args.hf_fused, dtype, workdir.name)
         warm = [batch() for _ in range(2)]
         timed(ours, warm)  # first steps: allocation, Adam state, compilation
         timed(theirs, warm)
         ours_t, theirs_t, trainer_t = [], [], []
         for _ in range(args.rounds):
             # The machine is shared: re-measure the peak every round and keep the best (a lower MFU).
-            peak_flops = max(peak_flops, peak.measure(torch.device("cpu"), torch.float32, 2048, 1.0))
+            peak_flops = max(peak_flops, peak.measure(torch.device("cpu"), dtype, 2048, 1.0))
             batches = [batch() for _ in range(args.steps)]
             ours_t.append(timed(ours, batches))
             theirs_t.append(timed(theirs, batches))
@@ -200,23 +210,36 @@ def main() -> None:
         tokens = args.steps * args.batch * args.seq_len
         ours_tps, hf_tps = tokens / statistics.median(ours_t), tokens / statistics.median(theirs_t)
         trainer_tps = tokens / statistics.median(trainer_t) if trainer_t else None
+        # The ratio is the median of each round's ratio: the two runs of a round are seconds apart,
+        # so a slow spell of the shared machine hits both; medians taken separately can mix spells.
+        round_ratios = [t / o for o, t in zip(ours_t, theirs_t, strict=True)]
+        trainer_ratios = [t / o for o, t in zip(ours_t, trainer_t, strict=False)]
+        print(f"{name}: per-round ratio {' '.join(f'{r:.2f}' for r in round_ratios)}", flush=True)
         ddp, zero3 = sum(model_state(cfg, "ddp", 2)), sum(model_state(cfg, "zero3", 2))
-        rows.append((name, ours_tps, hf_tps, trainer_tps, cfg.flops_per_token(args.seq_len), zero3 / ddp))
+        rows.append((
+            name, ours_tps, hf_tps, trainer_tps, statistics.median(round_ratios),
+            statistics.median(trainer_ratios) if trainer_ratios else None,
+            cfg.flops_per_token(args.seq_len), zero3 / ddp, round_ratios,
+        ))
         del ours, theirs, trainer
 
-    peak.save(peak.device_key(torch.device("cpu"), torch.float32), peak_flops)
-    print(f"fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads), best of all rounds")
+    peak.save(peak.device_key(torch.device("cpu"), dtype), peak_flops)
+    print(
+        f"{args.dtype} matmul peak: {peak_flops / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads), "
+        "best of all rounds"
+    )
     print(
         f"seq_len {args.seq_len} x batch {args.batch}, {args.steps} steps x {args.rounds} alternating rounds, "
-        f"fp32, compile={args.compile}, transformers fused AdamW={args.hf_fused}"
+        f"{args.dtype}, compile={args.compile}, transformers fused AdamW={args.hf_fused}; "
+        "ratios are medians of per-round ratios"
     )
     print(
         f"{'model':<14}{'polytask tok/s':>16}{'hf tok/s':>12}{'ratio':>8}{'Trainer tok/s':>15}{'ratio':>8}"
         f"{'mfu':>8}{'hf mfu':>8}{'zero3/ddp':>11}"
     )
     table = []
-    for name, a, b, c, f, z in rows:
-        table.append((name, a, b, a / b, c, a / c if c else None, a * f / peak_flops, b * f / peak_flops, z))
+    for name, a, b, c, r, rc, f, z, _ in rows:
+        table.append((name, a, b, r, c, rc, a * f / peak_flops, b * f / peak_flops, z))
     for name, a, b, r, c, rc, m, hm, z in table:
         trainer_cols = f"{c:>15.1f}{rc:>8.2f}" if c else f"{'-':>15}{'-':>8}"
         print(f"{name:<14}{a:>16.1f}{b:>12.1f}{r:>8.2f}{trainer_cols}{m:>8.1%}{hm:>8.1%}{z:>11.3f}")
@@ -225,6 +248,7 @@ def main() -> None:
         json.dumps(
             {
                 "model": name,
+                "dtype": args.dtype,
                 "polytask_tok_s": round(a, 1),
                 "hf_tok_s": round(b, 1),
                 "ratio": round(r, 3),
@@ -232,6 +256,7 @@ def main() -> None:
                 "trainer_ratio": round(rc, 3) if rc else None,
                 "mfu": round(m, 4),
                 "zero3_over_ddp_state": round(z, 4),
+                "round_ratios": [round(x, 3) for x in rows[0][-1]],
                 "all": {
                     n: {"ratio": round(r_, 3), "trainer_ratio": rc_ and round(rc_, 3), "mfu": round(m_, 4)}
                     for n, _, _, r_, _, rc_, m_, _, _ in table

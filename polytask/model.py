@@ -104,6 +104,32 @@ def preset(name: str) -> ModelConfig:
     return ModelConfig(**asdict(PRESETS[name]))
 
 
+class _RMSNormFP32(torch.autograd.Function):
+    """RMSNorm with its backward written out: five passes over the activations where autograd's
+    decomposition of ``F.rms_norm`` takes about ten (1.3 ms instead of 2.3 ms forward and
+    backward for 512 x 576 on one core)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        normed = x * rstd
+        ctx.save_for_backward(normed, rstd, weight)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        normed, rstd, weight = ctx.saved_tensors
+        dx = dweight = None
+        if ctx.needs_input_grad[0]:
+            gw = grad * weight
+            # d/dx of x * rstd(x): rstd * (gw - normed * mean(gw * normed))
+            dot = torch.linalg.vecdot(gw, normed).unsqueeze(-1).div_(-normed.shape[-1])
+            dx = torch.addcmul(gw, normed, dot).mul_(rstd)
+        if ctx.needs_input_grad[1]:
+            dweight = (grad * normed).flatten(0, -2).sum(0)
+        return dx, dweight, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -113,6 +139,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalize in fp32 as the reference does: bf16 variance loses precision.
         if x.dtype == self.weight.dtype == torch.float32:
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _RMSNormFP32.apply(x, self.weight, self.eps)
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # the same result, faster
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -363,7 +391,13 @@ class Llama(nn.Module):
         else:
             cos = self.rope_cos[positions].unsqueeze(1)
             sin = self.rope_sin[positions].unsqueeze(1)
-        h = self.model.embed_tokens(tokens)
+        weight = self.model.embed_tokens.weight
+        # Tied weights: the head's gradient is a dense (vocab, dim) matrix anyway, and autograd adds
+        # a sparse embedding gradient into it in place. A dense one would cost a zeroed vocab x dim
+        # buffer, a scatter into it and a full-size add every step. Untied, the weight's gradient
+        # must stay dense (the fused AdamW and the gradient norm take dense tensors).
+        sparse = self.config.tie_embeddings and weight.requires_grad and torch.is_grad_enabled()
+        h = F.embedding(tokens, weight, sparse=sparse)
         cos, sin = cos.to(h.dtype), sin.to(h.dtype)
         rot = None
         if t == 1 and cache is not None:  # a decode step: rotary as a matmul (see rope_rotation)

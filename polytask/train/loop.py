@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -32,6 +31,7 @@ from polytask.lora import apply_lora, initial_lora_state, save_training_adapter
 from polytask.model import Llama, ModelConfig, build_model, preset
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
+from polytask.train.loss import token_cross_entropy
 from polytask.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
 from polytask.train.parallelize import build_mesh, parallelize
 from polytask.weights import config_from_hf, read_state_dict, resolve_model_dir
@@ -278,9 +278,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             with sync:
                 with autocast:
                     logits = model(tokens)  # (batch, seq, vocab)
-                ce = F.cross_entropy(
-                    logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
-                )
+                ce = token_cross_entropy(logits.float().flatten(0, 1), targets.flatten())
                 (ce.sum() * scale).backward()
             ce = ce.detach()
             loss_sum += ce.sum()

@@ -1,0 +1,91 @@
+"""The training step's hand-written backwards give autograd's gradients.
+
+Per-token cross-entropy (in-place softmax gradient), RMSNorm (written-out backward) and the
+sparse embedding gradient of tied weights (added into the head's dense gradient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polytask.model import RMSNorm, build_model, preset
+from polytask.train.loss import token_cross_entropy
+
+
+def test_token_cross_entropy_matches_torch_values_and_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(37, 101, dtype=torch.float64)  # not a multiple of the row chunk
+    targets = torch.randint(0, 101, (37,))
+    targets[::5] = -100
+    weights = torch.rand(37, dtype=torch.float64)  # a per-token upstream gradient
+
+    ref = logits.clone().requires_grad_()
+    expected = F.cross_entropy(ref, targets, ignore_index=-100, reduction="none")
+    (expected * weights).sum().backward()
+    ours = logits.clone().requires_grad_()
+    loss = token_cross_entropy(ours, targets)
+    (loss * weights).sum().backward()
+
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=0, atol=1e-12)
+    assert (ours.grad[::5] == 0).all()  # ignored positions get no gradient
+
+
+def test_token_cross_entropy_refuses_a_second_backward():
+    logits = torch.randn(4, 10, requires_grad=True)
+    loss = token_cross_entropy(logits, torch.tensor([1, 2, 3, -100])).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward can run once"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("trainable_weight", [True, False])
+def test_rmsnorm_backward_matches_autograd_of_the_formula(trainable_weight):
+    torch.manual_seed(0)
+    norm = RMSNorm(48, 1e-5).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    norm.weight.requires_grad_(trainable_weight)
+    x = torch.randn(3, 5, 48, dtype=torch.float64)
+    grad = torch.randn(3, 5, 48, dtype=torch.float64)
+
+    a = x.clone().requires_grad_()
+    expected = norm.weight * (a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-5))
+    expected.backward(grad)
+    ref_weight_grad = norm.weight.grad
+    norm.weight.grad = None
+
+    b = x.clone().requires_grad_()
+    out = norm.float()(b.float()).double()  # the written-out backward serves fp32
+    out.backward(grad)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
+    if trainable_weight:
+        torch.testing.assert_close(norm.weight.grad.double(), ref_weight_grad, rtol=1e-4, atol=1e-5)
+    else:
+        assert norm.weight.grad is None
+
+
+def test_tied_embedding_gradient_is_dense_and_equals_the_dense_path():
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    assert cfg.tie_embeddings
+    model = build_model(cfg, device="cpu")
+    model.init_weights(seed=0)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24))
+    tokens[0, :6] = 7  # repeated ids: their rows add up
+
+    def weight_grad(tie: bool) -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        model.config = dataclasses.replace(cfg, tie_embeddings=tie)  # False: the dense embedding gradient
+        F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten()).backward()
+        return model.lm_head.weight.grad
+
+    sparse_path = weight_grad(True)
+    dense_path = weight_grad(False)
+    assert sparse_path.layout == torch.strided
+    torch.testing.assert_close(sparse_path, dense_path, rtol=0, atol=1e-7)
