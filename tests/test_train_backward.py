@@ -89,3 +89,24 @@ def test_tied_embedding_gradient_is_dense_and_equals_the_dense_path():
     dense_path = weight_grad(False)
     assert sparse_path.layout == torch.strided
     torch.testing.assert_close(sparse_path, dense_path, rtol=0, atol=1e-7)
+
+
+def test_short_bf16_training_attention_runs_in_fp32_and_long_stays_bf16():
+    from polytask.model import FP32_ATTENTION_MAX_KEYS, attention
+
+    torch.manual_seed(0)
+    for keys, expect_fp32 in ((16, True), (FP32_ATTENTION_MAX_KEYS + 8, False)):
+        q = torch.randn(2, 4, keys, 8, dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(2, 2, keys, 8, dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(2, 2, keys, 8, dtype=torch.bfloat16, requires_grad=True)
+        out = attention(q, k, v, None, True, True)
+        assert out.dtype == torch.bfloat16
+        exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+        assert torch.equal(out, exact.bfloat16()) == expect_fp32
+        out.float().sum().backward()
+        assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 inputs under autocast: the same choice
+            auto = attention(q.detach().float(), k.detach().float(), v.detach().float(), None, True, True)
+        assert auto.dtype == (torch.float32 if expect_fp32 else torch.bfloat16)
+        with torch.no_grad():  # inference keeps the inputs' dtype
+            assert attention(q, k, v, None, True, True).dtype == torch.bfloat16

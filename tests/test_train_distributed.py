@@ -132,6 +132,21 @@ def test_first_losses_agree_across_strategies(reference, strategy_runs):
         assert got == pytest.approx(ref, abs=1e-4), name
 
 
+@pytest.mark.parametrize(
+    "overrides, nproc",
+    [
+        # FSDP2's bf16 parameters, recomputed blocks; attention runs in fp32 (short sequences on CPU)
+        (["--parallel.strategy", "zero3", "--parallel.activation_checkpointing", "full"], 2),
+        (["--optim.grad_accum", "2"], 1),  # one process: autocast
+    ],
+    ids=["zero3-checkpointed", "1proc-autocast"],
+)
+def test_bf16_mixed_precision_follows_the_fp32_losses(config, reference, tmp_path, overrides, nproc):
+    run_dir = tmp_path / "bf16"
+    ok(train(config, run_dir, "--parallel.mixed_precision", "bf16", *overrides, nproc=nproc))
+    assert losses(run_dir) == pytest.approx(losses(reference)[:10], abs=1e-2)  # bf16 rounding, not a bug
+
+
 def test_sharding_reduces_model_state(reference, strategy_runs):
     state = {name: metrics(d)[-1]["model_state_bytes"] for name, d in strategy_runs.items()}
     ddp = metrics(reference)[-1]["model_state_bytes"]
