@@ -1,20 +1,21 @@
 """Training throughput: polytask's training step vs transformers' LlamaForCausalLM in a plain loop
 and in its ``Trainer``.
 
-Same architecture, same random batches, same AdamW settings and clipping, one process, fp32;
-they are timed in alternating rounds so that machine noise hits both alike. polytask runs
+Same architecture, same random batches, same AdamW settings and clipping, one process, fp32 (or
+bf16 autocast for all three with ``--dtype bf16``); they are timed in alternating rounds so that
+machine noise hits both alike, and the ratio is the median of the per-round ratios. polytask runs
 its own pieces (``parallelize`` on a one-process mesh, ``build_optimizer``, ``clip_grad_norm``,
 the loop's loss) with ``--compile`` applying its per-block ``torch.compile``. MFU is achieved
-model FLOP/s (``ModelConfig.flops_per_token``) over an fp32 matmul peak measured here
-before every round (the best is kept: a shared machine's noise lowers MFU, never raises it).
+model FLOP/s (``ModelConfig.flops_per_token``) over the matmul peak of the run's dtype, measured
+here before every round (the best is kept: a shared machine's noise lowers MFU, never raises it).
 
 ``Trainer.train()`` runs on a model of the same architecture, on the same batches, with the same AdamW settings and
 clipping; a callback times its steps alone (``--no-trainer`` leaves it out).
 
-    python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--compile] [--no-trainer]
+    python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--dtype bf16] [--compile] [--no-trainer]
 
 Prints a table, then as the last line one JSON object with polytask_tok_s, hf_tok_s, ratio,
-hf_trainer_tok_s, trainer_ratio, mfu and zero3_over_ddp_state (for the first model).
+hf_trainer_tok_s, trainer_ratio, mfu, zero3_over_ddp_state, dtype and round_ratios (for the first model).
 """
 
 from __future__ import annotations
@@ -165,8 +166,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "smol-30m"])
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="polytask compiles each block (torch.compile)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--hf-fused", action="store_true", help="give transformers' loop the fused AdamW too")
