@@ -415,8 +415,9 @@ class Llama(nn.Module):
         # Tied weights: the head's gradient is a dense (vocab, dim) matrix anyway, and autograd adds
         # a sparse embedding gradient into it in place. A dense one would cost a zeroed vocab x dim
         # buffer, a scatter into it and a full-size add every step. Untied, the weight's gradient
-        # must stay dense (the fused AdamW and the gradient norm take dense tensors).
-        sparse = self.config.tie_embeddings and weight.requires_grad and torch.is_grad_enabled()
+        # must stay dense (the fused AdamW and the gradient norm take dense tensors), so the test
+        # is that the head holds this very tensor (FSDP2 gives both modules the same unsharded one).
+        sparse = self.lm_head.weight is weight and weight.requires_grad and torch.is_grad_enabled()
         h = F.embedding(tokens, weight, sparse=sparse)
         cos, sin = cos.to(h.dtype), sin.to(h.dtype)
         rot = None

@@ -6,7 +6,7 @@ sparse embedding gradient of tied weights (added into the head's dense gradient)
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 
 import pytest
 import torch
@@ -70,25 +70,33 @@ def test_rmsnorm_backward_matches_autograd_of_the_formula(trainable_weight):
         assert norm.weight.grad is None
 
 
-def test_tied_embedding_gradient_is_dense_and_equals_the_dense_path():
+def test_tied_embedding_gradient_is_dense_and_equals_the_untied_sum():
     torch.manual_seed(0)
     cfg = preset("tiny")
     assert cfg.tie_embeddings
-    model = build_model(cfg, device="cpu")
-    model.init_weights(seed=0)
+    tied = build_model(cfg, device="cpu")
+    tied.init_weights(seed=0)
     tokens = torch.randint(0, cfg.vocab_size, (2, 24))
     tokens[0, :6] = 7  # repeated ids: their rows add up
+    lookups = []  # the embedding's output, as the first block receives it
+    hook = tied.model.layers["0"].register_forward_pre_hook(lambda module, args: lookups.append(args[0]))
+    F.cross_entropy(tied(tokens).flatten(0, 1), tokens.flatten()).backward()
+    hook.remove()
+    assert lookups[0].grad_fn._saved_sparse  # the lookup's gradient is the sparse one
 
-    def weight_grad(tie: bool) -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        model.config = dataclasses.replace(cfg, tie_embeddings=tie)  # False: the dense embedding gradient
-        F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten()).backward()
-        return model.lm_head.weight.grad
+    # The same weights untied: two dense gradients whose sum is what the tied weight must get.
+    untied = copy.deepcopy(tied)
+    untied.zero_grad(set_to_none=True)
+    untied.lm_head.weight = torch.nn.Parameter(untied.model.embed_tokens.weight.detach().clone())
+    untied.model.layers["0"].register_forward_pre_hook(lambda module, args: lookups.append(args[0]))
+    F.cross_entropy(untied(tokens).flatten(0, 1), tokens.flatten()).backward()
+    assert not lookups[1].grad_fn._saved_sparse
+    embed_grad = untied.model.embed_tokens.weight.grad
+    assert embed_grad.layout == torch.strided  # untied: the embedding's own gradient stays dense
 
-    sparse_path = weight_grad(True)
-    dense_path = weight_grad(False)
-    assert sparse_path.layout == torch.strided
-    torch.testing.assert_close(sparse_path, dense_path, rtol=0, atol=1e-7)
+    grad = tied.lm_head.weight.grad
+    assert grad.layout == torch.strided
+    torch.testing.assert_close(grad, untied.lm_head.weight.grad + embed_grad, rtol=0, atol=1e-7)
 
 
 def test_short_bf16_training_attention_runs_in_fp32_and_long_stays_bf16():
