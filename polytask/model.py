@@ -297,17 +297,19 @@ class Attention(nn.Module):
         (head_dim, head_dim) shared by all rows or (batch, head_dim, head_dim); cos/sin are then unused."""
         b, t, _ = x.shape  # (batch, seq, dim)
         nh, nkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = None
         if self.qkv is not None and self.qkv.serves(self.q_proj, self.k_proj, self.v_proj):
             qkv = self.qkv(x)
-            qk, v = qkv[..., : (nh + nkv) * hd], qkv[..., (nh + nkv) * hd :]  # q and k columns are adjacent
+            q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
         else:
-            qk, v = torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1), self.v_proj(x)
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         v = v.view(b, t, nkv, hd).transpose(1, 2)
         if rot is not None:
-            qk = _rotate(qk, rot, nh + nkv)  # (batch, heads + kv_heads, 1, head_dim): q and k in one matmul
+            # q and k in one matmul: the fused projection's output holds their columns side by side
+            qk = qkv[..., : (nh + nkv) * hd] if qkv is not None else torch.cat([q, k], dim=-1)
+            qk = _rotate(qk, rot, nh + nkv)  # (batch, heads + kv_heads, 1, head_dim)
             q, k = qk[:, :nh], qk[:, nh:]
         else:
-            q, k = qk.split([nh * hd, nkv * hd], dim=-1)
             q = apply_rope(q.view(b, t, nh, hd).transpose(1, 2), cos, sin)
             k = apply_rope(k.view(b, t, nkv, hd).transpose(1, 2), cos, sin)
         start = 0
