@@ -248,6 +248,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
         (cfg.metrics.log_every >= 1, "metrics.log_every must be >= 1"),
         (cfg.lora.rank >= 0, "lora.rank must be >= 0 (0 = no LoRA)"),
+        (cfg.lora.rank or not cfg.lora.init_from, "lora.init_from needs lora.rank >= 1 (the adapter's rank)"),
     ]
     for ok, message in checks:
         if not ok:

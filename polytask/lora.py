@@ -50,6 +50,9 @@ class LoraConfig:
     dropout: float = 0.0  # dropout on the adapter's input (training only)
     # Linear layers of each block that get an adapter (names as in model.layers.N.self_attn/mlp).
     target_modules: list[str] = field(default_factory=lambda: list(TARGETS))
+    # Start the adapters from a trained one (a PEFT folder or a shipped name) instead of fresh ones:
+    # a second stage of training. Its rank, alpha and target modules must equal the ones above.
+    init_from: str = ""
 
     def check(self) -> None:
         if self.rank < 1:
@@ -204,7 +207,8 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # the base model's fingerprint
 
 
-def base_fingerprint(cfg: ModelConfig, final_norm: torch.Tensor) -> dict:
+def base_fingerprint(cfg: ModelConfig, final_norm: torch.Tensor | None) -> dict:
+    """``final_norm`` None: the architecture only (``check_base`` then skips the weights probe)."""
     arch = {k: getattr(cfg, k) for k in ARCH_FIELDS}
     return {
         "hidden_size": cfg.dim,
@@ -213,8 +217,8 @@ def base_fingerprint(cfg: ModelConfig, final_norm: torch.Tensor) -> dict:
         "arch": arch,
         "arch_sha256": hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16],
         # Weights of the same architecture differ here (a probe, compared with a tolerance: dtypes vary).
-        "final_norm_sum": round(float(final_norm.float().sum()), 4),
-        "final_norm_abs_sum": round(float(final_norm.float().abs().sum()), 4),
+        "final_norm_sum": None if final_norm is None else round(float(final_norm.float().sum()), 4),
+        "final_norm_abs_sum": None if final_norm is None else round(float(final_norm.float().abs().sum()), 4),
     }
 
 
@@ -374,10 +378,10 @@ def _lora_config_from_peft(config: dict, where: str) -> tuple[LoraConfig, float]
     return cfg, scaling
 
 
-def check_base(base: dict | None, model: Llama, adapter_dir: Path, model_dir: str | Path) -> None:
+def check_base(base: dict | None, ours: dict, adapter_dir: Path, model_dir: str | Path) -> None:
+    """``ours``: the fingerprint of the model the adapter is to be used with (``model_fingerprint``)."""
     if base is None:
         return  # an adapter made by peft itself: the shape checks decide
-    ours = model_fingerprint(model)
     if base.get("arch_sha256") != ours["arch_sha256"]:
         theirs_arch, our_arch = base.get("arch", {}), ours["arch"]
         diff = [f"{k} {theirs_arch.get(k)!r} vs {v!r}" for k, v in our_arch.items() if theirs_arch.get(k) != v]
@@ -387,7 +391,7 @@ def check_base(base: dict | None, model: Llama, adapter_dir: Path, model_dir: st
         )
     for key in ("final_norm_sum", "final_norm_abs_sum"):
         a, b = base.get(key), ours[key]
-        if a is not None and abs(a - b) > 1e-2 * max(1.0, abs(a)):
+        if a is not None and b is not None and abs(a - b) > 1e-2 * max(1.0, abs(a)):
             print(
                 f"polytask: warning: {adapter_dir} was trained on other weights of this architecture "
                 f"(final norm differs from {model_dir}); results may be poor",
@@ -402,11 +406,23 @@ def apply_adapter(model: Llama, adapter_dir: str | Path, model_dir: str | Path, 
     adapter_dir = Path(adapter_dir)
     config, tensors, base = read_adapter(adapter_dir)
     cfg, scaling = _lora_config_from_peft(config, str(adapter_dir / ADAPTER_CONFIG))
-    check_base(base, model, adapter_dir, model_dir)
+    check_base(base, model_fingerprint(model), adapter_dir, model_dir)
     want = {}
     for name, _, _, child in _targets(model, cfg.target_modules):
         want[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (cfg.rank, child.in_features)
         want[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (child.out_features, cfg.rank)
+    check_adapter_shapes(tensors, want, adapter_dir, model_dir)
+    apply_lora(model, cfg, scaling)
+    dtype = model.model.norm.weight.dtype
+    with torch.no_grad():
+        for name, m in lora_modules(model).items():
+            m.lora_A.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"].to(dtype))
+            m.lora_B.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"].to(dtype))
+    return merge_lora(model) if merge else model
+
+
+def check_adapter_shapes(tensors: dict[str, torch.Tensor], want: dict[str, tuple[int, int]], adapter_dir: Path,
+                         model_dir: str | Path) -> None:
     missing, unexpected = sorted(want.keys() - tensors.keys()), sorted(tensors.keys() - want.keys())
     if missing or unexpected:
         raise PolytaskError(
@@ -419,10 +435,36 @@ def apply_adapter(model: Llama, adapter_dir: str | Path, model_dir: str | Path, 
                 f"{adapter_dir}: {k} has shape {tuple(tensors[k].shape)}, {model_dir} needs {shape}; "
                 f"the adapter is for another base model"
             )
-    apply_lora(model, cfg, scaling)
-    dtype = model.model.norm.weight.dtype
-    with torch.no_grad():
-        for name, m in lora_modules(model).items():
-            m.lora_A.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"].to(dtype))
-            m.lora_B.copy_(tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"].to(dtype))
-    return merge_lora(model) if merge else model
+
+
+def adapter_start_state(spec: str, model_cfg: ModelConfig, cfg: LoraConfig, model_dir: str | Path
+                        ) -> dict[str, torch.Tensor]:
+    """``lora.init_from``: a trained adapter's weights by parameter name (fp32), to continue training
+    it on a ``model_cfg`` model under LoRA ``cfg``. Its rank, alpha and targets must be ``cfg``'s and
+    its base architecture ``model_cfg``'s; checked before a run starts."""
+    from polytask.model import build_model
+
+    adapter_dir = resolve_adapter(spec)
+    if adapter_dir is None:
+        shipped = ", ".join(shipped_adapters()) or "none shipped"
+        raise PolytaskError(f"lora.init_from = {spec!r} names no adapter; give an adapter folder or a shipped "
+                            f"name ({shipped}), or leave it empty for fresh adapters")
+    config, tensors, base = read_adapter(adapter_dir)
+    theirs, _ = _lora_config_from_peft(config, str(adapter_dir / ADAPTER_CONFIG))
+    differ = [f"{k} {getattr(theirs, k)!r} (config: {getattr(cfg, k)!r})" for k in ("rank", "alpha")
+              if getattr(theirs, k) != getattr(cfg, k)]
+    if sorted(theirs.target_modules) != sorted(cfg.target_modules):
+        differ.append(f"target_modules {sorted(theirs.target_modules)} (config: {sorted(cfg.target_modules)})")
+    if differ:
+        raise PolytaskError(f"lora.init_from {adapter_dir}: the adapter has {'; '.join(differ)}; set [lora] to "
+                            f"the adapter's values to continue training it")
+    ours = base_fingerprint(model_cfg, None)
+    check_base(base, ours, adapter_dir, model_dir)
+    modules = lora_modules(apply_lora(build_model(model_cfg, device="meta"), cfg))
+    want = {}
+    for name, m in modules.items():
+        want[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (m.rank, m.in_features)
+        want[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (m.out_features, m.rank)
+    check_adapter_shapes(tensors, want, adapter_dir, model_dir)
+    return {f"{name}.lora_{ab}": tensors[f"{PEFT_PREFIX}{name}.lora_{ab}.weight"].float()
+            for name in modules for ab in "AB"}

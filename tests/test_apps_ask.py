@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from polytask.apps.ask import ask, best_extract
+from polytask.apps.ask import ask, best_extract, rank_sentences, verbatim_span
 from polytask.errors import PolytaskError
 from polytask.store import DocStore
 
@@ -59,6 +59,19 @@ def test_question_about_another_document_is_refused(store, app_lm):
 def test_extract_drops_question_words():
     text = "He obtained his PhD from Princeton in 1938."
     assert best_extract("His PhD is from Princeton", "Where did he get his PhD?", text, 0, len(text)) == "Princeton"
+
+
+def test_copied_answer_may_drop_an_article(store, tmp_path):
+    doc = tmp_path / "eu.txt"
+    doc.write_text("The EU has two legislative bodies. They are the European Parliament and the Council of the "
+                   "European Union. Its courts sit in Luxembourg.\n", encoding="utf-8")
+    q = "What are the legislative bodies of the EU?"
+    sentences = rank_sentences(q, store.search(q, [store.add(doc, "eu").doc_id], k=3), store)
+    (_, s, e, _), a, b = verbatim_span("European Parliament and Council of the European Union", sentences, set(), store)
+    text = store.document_text(sentences[0][0].doc_id)
+    assert text[a:b] == "European Parliament and the Council of the European Union"
+    assert text[s:e].startswith("They are the European Parliament")
+    assert verbatim_span("Parliament and Court", sentences, set(), store) is None
 
 
 def test_bad_requests(store):

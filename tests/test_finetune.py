@@ -141,3 +141,26 @@ def test_finetune_needs_pretrained_weights_and_valid_lora(config, tmp_path, caps
     assert "lora.target_modules: unknown module" in fails("b", "--lora.target_modules", '["qkv"]')
     assert "unknown key lora.rnk" in fails("c", "--lora.rnk", "4")
     assert "lora.alpha must be > 0" in fails("d", "--lora.alpha", "0")
+
+
+def test_lora_init_from_continues_a_trained_adapter(config, single, tmp_path, capsys):
+    """``lora.init_from``: a second stage starts from the first stage's adapter, exactly (lr 0 keeps it),
+    and so starts from the first stage's lower loss on the same stream."""
+    run_dir = tmp_path / "stage2"
+    ok(finetune(config, run_dir, "--lora.init_from", str(single / "adapter"), "--optim.lr", "0"))
+    ours, ref = adapter_tensors(run_dir / "adapter"), adapter_tensors(single / "adapter")
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert losses(run_dir)[0] < losses(single)[0] - 0.1
+
+    from polytask.cli import main
+
+    def fails(*overrides: str) -> str:
+        assert main(["finetune", "--config", str(config), "--run-dir", str(tmp_path / "bad"), *overrides]) == 2
+        assert not (tmp_path / "bad").exists()
+        return capsys.readouterr().err
+
+    err = fails("--lora.init_from", str(single / "adapter"), "--lora.rank", "8")
+    assert "the adapter has rank 4 (config: 8)" in err and err.count("\n") == 1
+    assert "no such adapter folder" in fails("--lora.init_from", str(tmp_path / "nowhere"))
+    assert "lora.init_from needs lora.rank >= 1" in fails("--lora.init_from", str(single / "adapter"),
+                                                          "--lora.rank", "0")

@@ -76,3 +76,35 @@ def test_every_task_has_a_prompt_template():
     for name in TASKS:
         options = {"path": "x"} if name in ("jsonl", "text") else {}
         assert get_task(name, **options).prompt_template
+
+
+def test_squad_sentence_contexts_are_what_ask_shows(tmp_path):
+    """context = "sentences": the two sentences of the whole article that ask ranks first for the
+    question (best first), the answer's sentence second when it ranks lower; an answer that spans
+    two sentences leaves its question out."""
+    import json
+
+    from polytask.errors import PolytaskError
+
+    paragraphs = [
+        "Alan Turing was an English mathematician. He studied at King's College, Cambridge.",
+        "Turing obtained his PhD from Princeton University in 1938. His adviser there was Alonzo Church.",
+        "During the war he worked at Bletchley Park. He broke German naval codes there.",
+    ]
+    qas = [[], [("Where did Turing get his PhD?", "Princeton University"),
+                ("Who advised him?", "Alonzo Church"),
+                ("When and where?", "1938. His adviser")], []]
+    article = {"title": "Turing", "paragraphs": [
+        {"context": c, "qas": [{"id": f"{i}-{j}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}
+                               for j, (q, a) in enumerate(qa)]}
+        for i, (c, qa) in enumerate(zip(paragraphs, qas, strict=True))]}
+    (tmp_path / "squad").mkdir()
+    (tmp_path / "squad" / "dev-v1.1.reconstructed.json").write_text(json.dumps({"data": [article]}))
+    examples = {ex.id: ex for ex in get_task("squad", data_root=tmp_path, context="sentences").read("train")}
+    assert sorted(examples) == ["1-0", "1-1"]  # "1938. His adviser" spans two sentences
+    phd = examples["1-0"].inputs["context"]
+    assert phd.startswith("Turing obtained his PhD from Princeton University in 1938.")
+    assert phd.count(".") == 2 and phd.count(". ") == 1  # two sentences
+    assert "His adviser there was Alonzo Church." in examples["1-1"].inputs["context"]
+    with pytest.raises(PolytaskError, match="option context must be one of paragraph, sentences"):
+        get_task("squad", context="article")

@@ -1,7 +1,8 @@
 """The training step's hand-written backwards give autograd's gradients.
 
-Per-token cross-entropy (in-place softmax gradient), RMSNorm (written-out backward) and the
-sparse embedding gradient of tied weights (added into the head's dense gradient).
+Per-token cross-entropy (in-place softmax gradient), RMSNorm (written-out backward), the
+sparse embedding gradient of tied weights (added into the head's dense gradient), and logits
+computed only where a target is.
 """
 
 from __future__ import annotations
@@ -68,6 +69,29 @@ def test_rmsnorm_backward_matches_autograd_of_the_formula(trainable_weight):
         torch.testing.assert_close(norm.weight.grad.double(), ref_weight_grad, rtol=1e-4, atol=1e-5)
     else:
         assert norm.weight.grad is None
+
+
+def test_logits_only_at_targets_give_the_full_loss_and_gradient():
+    """``model(tokens, keep=targets != -100)``: what the training loop does for answer-only losses."""
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    model = build_model(cfg, device="cpu")
+    model.init_weights(seed=0)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24))
+    targets = torch.full_like(tokens, -100)
+    targets[0, 10:14], targets[1, 3:20] = tokens[0, 11:15], tokens[1, 4:21]  # two answers
+    keep = targets != -100
+
+    full = model(tokens)
+    F.cross_entropy(full.flatten(0, 1), targets.flatten(), reduction="sum").backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    kept = model(tokens, keep=keep)
+    assert kept.shape == (int(keep.sum()), cfg.vocab_size)
+    torch.testing.assert_close(kept, full[keep].detach(), rtol=0, atol=1e-6)
+    token_cross_entropy(kept, targets[keep]).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
 def test_tied_embedding_gradient_is_dense_and_equals_the_untied_sum():

@@ -33,7 +33,7 @@ from polytask.apps.common import (
 )
 from polytask.errors import PolytaskError
 from polytask.store import DocStore, Hit
-from polytask.store.text import STOPWORDS, WORD, content_words, sentence_spans, stem
+from polytask.store.text import STOPWORDS, WORD, is_fragment, question_support, sentence_spans, stems
 
 ADHOC_COLLECTION = "_files"  # where `ask --doc FILE` indexes the file (unchanged files are not re-read)
 PROMPT = "{context}\n\nQuestion: {question}\nAnswer in a few words, using only the text above."
@@ -176,24 +176,16 @@ def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_s
 def rank_sentences(question: str, hits: list[Hit], db: DocStore) -> list[tuple[Hit, int, int, float]]:
     """The sentences of the retrieved passages, best first: embedding similarity to the question
     plus the share of the question's content words they contain."""
-    q = _stems(question)
     found = []
     for h in hits:
         doc_text = db.document_text(h.doc_id)
-        for s, e in sentence_spans(doc_text, h.start, h.end):
-            if doc_text[s] != "#" and len(_stems(doc_text[s:e])) >= 2:  # not a heading or a fragment
-                found.append((h, s, e))
+        found += [(h, s, e) for s, e in sentence_spans(doc_text, h.start, h.end) if not is_fragment(doc_text[s:e])]
     if not found:
         return []
-    vectors = db.embedder.encode([question] + [db.document_text(h.doc_id)[s:e] for h, s, e in found])
-    cosine = vectors[1:] @ vectors[0]
-    scored = [(h, s, e, float(c) + 0.3 * len(q & _stems(db.document_text(h.doc_id)[s:e])) / max(1, len(q)))
-              for (h, s, e), c in zip(found, cosine, strict=True)]
-    return sorted(scored, key=lambda x: -x[3])
-
-
-def _stems(text: str) -> set[str]:
-    return {stem(w) for w in content_words(text)}
+    texts = [db.document_text(h.doc_id)[s:e] for h, s, e in found]
+    vectors = db.embedder.encode([question] + texts)
+    support = question_support(question, texts, vectors[1:] @ vectors[0])
+    return sorted([(h, s, e, score) for (h, s, e), score in zip(found, support, strict=True)], key=lambda x: -x[3])
 
 
 def best_support(question: str, answer: str, sentences: list[tuple[Hit, int, int, float]], informative: set[str],
@@ -204,10 +196,10 @@ def best_support(question: str, answer: str, sentences: list[tuple[Hit, int, int
     answer to another question). ``informative`` words rank the sentences; ``required``
     defaults to them."""
     required = informative if required is None else required
-    novel = _stems(answer) - _stems(question) or _stems(answer)  # what the answer adds to the question
+    novel = stems(answer) - stems(question) or stems(answer)  # what the answer adds to the question
     if not novel:
         return None
-    words = [_stems(db.document_text(h.doc_id)[s:e]) for h, s, e, _ in sentences]
+    words = [stems(db.document_text(h.doc_id)[s:e]) for h, s, e, _ in sentences]
     if not words or len(novel & set().union(*words)) / len(novel) < 0.5:
         return None
     scores = [len(novel & w) / len(novel) + len(informative & w) / max(1, len(informative)) + rank
@@ -225,12 +217,15 @@ def verbatim_span(answer: str, sentences: list[tuple[Hit, int, int, float]], inf
     copying a phrase (SQuAD-style); a copied phrase needs no word-overlap guess. Still refused
     when the context shares no informative word with the question (an answer to another question)."""
     needle = answer.strip(" .,;:!?\"'")
-    if not _stems(needle) and not any(c.isdigit() for c in needle):
+    if not stems(needle) and not any(c.isdigit() for c in needle):
         return None  # "the", "it": nothing to quote
-    context = set().union(*(_stems(db.document_text(h.doc_id)[s:e]) for h, s, e, _ in sentences))
+    context = set().union(*(stems(db.document_text(h.doc_id)[s:e]) for h, s, e, _ in sentences))
     if informative and not informative & context:
         return None
-    pattern = re.compile(r"(?<!\w)" + re.escape(needle) + r"(?!\w)", re.I)
+    # Word for word, except that an article the model dropped may stand between two words
+    # ("European Parliament and Council of the EU" quotes "... and the Council of the EU").
+    gap = r"\s+(?:(?:the|a|an)\s+)?"
+    pattern = re.compile(r"(?<!\w)" + gap.join(re.escape(w) for w in needle.split()) + r"(?!\w)", re.I)
     for sentence in sentences:
         h, s, e, _ = sentence
         m = pattern.search(db.document_text(h.doc_id), s, e)
@@ -242,8 +237,8 @@ def verbatim_span(answer: str, sentences: list[tuple[Hit, int, int, float]], inf
 def informative_words(question: str, hits: list[Hit]) -> set[str]:
     """The question's content words that are not in most retrieved passages: the subject's name
     says nothing about which sentence answers; "PhD" or "favourite food" does."""
-    passages = [_stems(h.text) for h in hits]
-    return {w for w in _stems(question) if sum(w in p for p in passages) <= len(passages) / 2}
+    passages = [stems(h.text) for h in hits]
+    return {w for w in stems(question) if sum(w in p for p in passages) <= len(passages) / 2}
 
 
 def best_extract(answer: str, question: str, text: str, start: int, end: int) -> str:

@@ -95,3 +95,21 @@ def stem(word: str) -> str:
             word = word[: -len(suffix)] + repl
             break
     return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
+def stems(text: str) -> set[str]:
+    return {stem(w) for w in content_words(text)}
+
+
+def question_support(question: str, sentences: list[str], cosines) -> list[float]:
+    """How well each sentence speaks to the question: its embedding cosine plus 0.3 x the share of
+    the question's content words it contains (``ask`` ranks its context sentences by this, and the
+    SQuAD task builds ``ask``-like contexts with it)."""
+    q = stems(question)
+    return [float(c) + 0.3 * len(q & stems(s)) / max(1, len(q)) for s, c in zip(sentences, cosines, strict=True)]
+
+
+def is_fragment(sentence: str) -> bool:
+    """A heading or a fragment, never a context sentence."""
+    return sentence.startswith("#") or len(stems(sentence)) < 2
+

@@ -27,7 +27,7 @@ from polytask import config as config_mod
 from polytask.config import TrainConfig
 from polytask.data import build_data
 from polytask.errors import PolytaskError
-from polytask.lora import apply_lora, initial_lora_state, save_training_adapter
+from polytask.lora import adapter_start_state, apply_lora, initial_lora_state, save_training_adapter
 from polytask.model import Llama, ModelConfig, build_model, preset
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
@@ -85,8 +85,10 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-def materializer(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device):
-    """The function that gives a (sharded, meta) model its initial weights.
+def materializer(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device,
+                 start_adapter: dict[str, torch.Tensor] | None = None):
+    """The function that gives a (sharded, meta) model its initial weights (``start_adapter``: the
+    adapters' weights of ``lora.init_from``, else fresh ones).
 
     Every rank builds the same full state on the CPU (fresh init from one seed, or pretrained
     weights) and copies its own shards in: the weights do not depend on the strategy.
@@ -105,7 +107,9 @@ def materializer(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device)
             full = ref.state_dict()
         if model_cfg.tie_embeddings:
             full["lm_head.weight"] = full["model.embed_tokens.weight"]
-        if cfg.lora.rank:
+        if start_adapter is not None:  # the frozen base above + a trained adapter, to train further
+            full.update(start_adapter)
+        elif cfg.lora.rank:
             full.update(initial_lora_state(model, cfg.model.seed))  # the frozen base above + fresh adapters
         model.to_empty(device=device)
         if model_cfg.tie_embeddings:
@@ -202,6 +206,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             f"data.seq_len = {cfg.data.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}"
         )
     loader = build_data(cfg.data, tokenizer, dp_rank, dp_size)
+    start_adapter = None
+    if cfg.lora.init_from and saved is None:  # a resumed run takes its adapters from the checkpoint
+        start_adapter = adapter_start_state(cfg.lora.init_from, model_cfg, cfg.lora,
+                                            cfg.model.init_from or cfg.model.preset)
     dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +221,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     net = build_model(model_cfg, device="meta")
     if cfg.lora.rank:
         apply_lora(net, cfg.lora)  # before parallelizing: the adapters are sharded with their blocks
-    model = parallelize(net, mesh, cfg.parallel, materializer(cfg, model_cfg, device), device)
+    model = parallelize(net, mesh, cfg.parallel, materializer(cfg, model_cfg, device, start_adapter), device)
     zero1 = cfg.parallel.strategy == "zero1" and dp_size > 1
     optimizer = build_optimizer(model, cfg.optim, dp_group if zero1 else None)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -276,15 +284,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         for i, (tokens, targets, task_ids) in enumerate(batches):
             sync = contextlib.nullcontext() if not ddp or i == accum - 1 else model.no_sync()
             with sync:
+                keep = targets != -100
                 with autocast:
-                    logits = model(tokens)  # (batch, seq, vocab)
-                ce = token_cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                    # logits only where a target is (answers, not prompts): (kept tokens, vocab)
+                    logits = model(tokens, keep=keep)
+                ce = token_cross_entropy(logits.float(), targets[keep])
                 (ce.sum() * scale).backward()
             ce = ce.detach()
             loss_sum += ce.sum()
-            ids = task_ids.flatten().clamp(min=-1) % (num_tasks + 1)
+            ids = task_ids[keep].clamp(min=-1) % (num_tasks + 1)
             task_loss.index_add_(0, ids, ce)
-            task_count.index_add_(0, ids, (targets.flatten() != -100).float())
+            task_count.index_add_(0, ids, torch.ones_like(ce))
         target_sum += count
         grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm)
         lr = lr_at(step, cfg.optim)
