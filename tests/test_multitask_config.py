@@ -38,3 +38,24 @@ def test_multitask_mixture_lifts_the_smallest_task():
     assert rates[3] > proportional[3]
     capped = [r for r, n in zip(rates, sizes, strict=True) if n >= cfg.data.mixture_cap]
     assert max(capped) - min(capped) < 1e-9
+
+
+def test_stage2_config_continues_stage1_with_the_ask_reader():
+    """``configs/multitask-smollm2-stage2.toml``: stage 1's tasks, LoRA shape and run folder, plus
+    squad_ask (squad with ask's two-sentence context) at ~43% of the examples."""
+    from polytask.tasks import get_task
+
+    stage1, cfg = load_config(CONFIG), load_config(CONFIG.with_name("multitask-smollm2-stage2.toml"))
+    assert cfg.lora.init_from == "runs/multitask/adapter"  # stage 1's --run-dir (see its header)
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules) == (
+        stage1.lora.rank, stage1.lora.alpha, stage1.lora.target_modules)
+    tables = cfg.data.task_tables()
+    assert set(tables) == EXPECTED_TASKS | {"squad_ask"}
+    assert all(t["split"] == "train" for t in tables.values())
+    ask = tables["squad_ask"]
+    assert ask["type"] == "squad" and get_task("squad_ask", type="squad", context=ask["context"]).opts["context"] \
+        == "sentences"
+    sizes = [8567, 15100, 10003, 8582, 818, 14436, 3657, 3000]  # squad_ask first, then stage 1's order
+    rates = mixture_rates(sizes, [t["weight"] for t in tables.values()], cfg.data.mixture_cap,
+                          cfg.data.mixture_temperature)
+    assert list(tables)[0] == "squad_ask" and 0.40 < rates[0] < 0.46
