@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py --dtype bf16
+	$(BIN)/python benchmarks/answer_logits.py
 	$(BIN)/python benchmarks/serve_load.py --seconds 20
 
 clean:
