@@ -160,7 +160,7 @@ def test_lora_init_from_continues_a_trained_adapter(config, single, tmp_path, ca
         return capsys.readouterr().err
 
     err = fails("--lora.init_from", str(single / "adapter"), "--lora.rank", "8")
-    assert "the adapter has rank 4 (config: 8)" in err and err.count("\n") == 1
+    assert "the adapter has rank 4 (config: 8)" in err.splitlines()[-1] and "Traceback" not in err
     assert "no such adapter folder" in fails("--lora.init_from", str(tmp_path / "nowhere"))
     assert "lora.init_from needs lora.rank >= 1" in fails("--lora.init_from", str(single / "adapter"),
                                                           "--lora.rank", "0")

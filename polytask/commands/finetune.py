@@ -12,8 +12,9 @@ import argparse
 
 from polytask.commands import train as train_command
 
-EPILOG = """config: the sections of polytask train plus [lora] (rank, alpha, dropout, target_modules);
-rank = 0 or no [lora] section: full fine-tuning. model.init_from is required ("default" or a model folder).
+EPILOG = """config: the sections of polytask train plus [lora] (rank, alpha, dropout, target_modules, init_from);
+rank = 0 or no [lora] section: full fine-tuning. model.init_from is required ("default" or a model folder);
+lora.init_from (an adapter folder or a shipped name) continues training that adapter.
 Overrides: --SECTION.KEY VALUE, e.g. --lora.rank 16 --optim.lr 2e-4 --parallel.strategy zero3.
 Under torchrun: torchrun --nproc-per-node N -m polytask finetune ..."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -132,6 +133,9 @@ def cached_tokenize(
         if os.path.exists(path):
             with np.load(path) as z:
                 return TokenizedExamples(z["tokens"], z["offsets"], z["prompt_lens"])
+    if os.environ.get("RANK", "0") == "0":  # reading can take minutes (squad's sentence contexts embed every sentence)
+        where = f"; cached in {cache_dir}" if cache_dir is not None else ""
+        print(f"polytask: reading and tokenizing task {task.name} ({split}){where}", file=sys.stderr, flush=True)
     examples = select_examples(task.read(split), max_examples)
     tok = tokenize_examples(tokenizer, task, examples)
     if path is not None:
