@@ -79,3 +79,21 @@ def test_bad_requests(store):
         ask("Who?", store=store, lm=object())
     with pytest.raises(PolytaskError, match="question is empty"):
         ask("  ", doc=TURING, store=store, lm=object())
+
+
+def test_ranker_puts_the_answer_sentence_first():
+    """The sentence with the question's rare word ("PhD") beats ones that share only the subject's
+    name, though their embeddings are closer; a digit counts for a question that asks a date."""
+    from polytask.store.text import RANKER_FEATURES, RANKER_WEIGHTS, answer_sentence_scores, ranker_features
+
+    sentences = ["Turing was born in Maida Vale, London, and studied at King's College.",
+                 "Turing obtained his PhD from Princeton University.",
+                 "Turing worked at Bletchley Park during the war."]
+    q, cosines, passages, informative = "Where did Turing get his PhD?", [0.6, 0.5, 0.55], [0, 1, 0], {"phd"}
+    assert ranker_features(q, sentences, cosines, passages, informative).shape == (3, len(RANKER_FEATURES))
+    assert len(RANKER_WEIGHTS) == len(RANKER_FEATURES)
+    scores = answer_sentence_scores(q, sentences, cosines, passages, informative)
+    assert scores.argmax() == 1
+    dates = ["Turing died at his home in Wilmslow.", "Turing died in 1954 in Wilmslow."]
+    scores = answer_sentence_scores("When did Turing die?", dates, [0.7, 0.7], [0, 0], set())
+    assert scores[1] > scores[0]
