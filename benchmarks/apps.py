@@ -45,7 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from polytask.apps.ask import ask  # noqa: E402
+from polytask.apps.ask import WINDOWS, ask  # noqa: E402
 from polytask.apps.common import clip_words, get_lm, uses_multitask  # noqa: E402
 from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier  # noqa: E402
 from polytask.apps.reply import needs_reply  # noqa: E402
@@ -64,7 +64,8 @@ def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
-def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test", context_sentences: int = 2) -> dict:
+def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test", context_sentences: int = 2,
+          windows: int = WINDOWS) -> dict:
     every = json.loads((data / "squad" / "dev-v1.1.reconstructed.json").read_text())["data"]
     # test articles 38-47 give the figure; train articles (seen in training) are for choosing settings
     articles = every[38:48] if articles == "test" else every[10:20]
@@ -98,7 +99,7 @@ def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
     for n, (i, q, answers, pos) in enumerate(picked):
         hits = store.search(q, [doc_ids[i]], k=5)
         recall.append(any(h.start <= pos < h.end for h in hits))
-        a = ask(q, collection=f"squad{i}", store=store, lm=lm, context_sentences=context_sentences)
+        a = ask(q, collection=f"squad{i}", store=store, lm=lm, context_sentences=context_sentences, windows=windows)
         preds.append(a.extract if a.found else "")
         refs.append(answers)
         if n % 10 == 0:
@@ -110,7 +111,7 @@ def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
     for i, q, _, _ in picked:
         other = (i + 1 + rng.randrange(len(articles) - 1)) % len(articles)
         refused.append(not ask(q, collection=f"squad{other}", store=store, lm=lm,
-                               context_sentences=context_sentences).found)
+                               context_sentences=context_sentences, windows=windows).found)
     return {"squad_f1": s["f1"] / 100, "squad_em": s["exact_match"] / 100,
             "squad_refused_other_article": float(np.mean(refused)),
             "retrieval_recall_at_5": float(np.mean(recall)), "squad_questions": len(picked),
@@ -214,6 +215,8 @@ def main() -> None:
     p.add_argument("--squad-articles", choices=["test", "train"], default="test",
                    help="test: articles 38-47 (the figure); train: articles 10-19, for choosing settings")
     p.add_argument("--context-sentences", type=int, default=2, help="ask's context_sentences (default 2)")
+    p.add_argument("--windows", type=int, default=WINDOWS, help=f"ask's windows, tries on the next sentences "
+                   f"(default {WINDOWS})")
     args = p.parse_args()
     data = Path(args.data)
     if not (data / "squad").is_dir():
@@ -226,7 +229,8 @@ def main() -> None:
         parts = [("latency", lambda: ask_latency(work, lm)),
                  ("clinc150", lambda: clinc(data, args.limit, args.train_per_intent)),
                  ("banking77", lambda: banking(data, args.limit, args.train_per_intent)),
-                 ("squad", lambda: squad(data, work, args.limit, lm, args.squad_articles, args.context_sentences)),
+                 ("squad", lambda: squad(data, work, args.limit, lm, args.squad_articles, args.context_sentences,
+                                         args.windows)),
                  ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm)),
                  ("email_rules", lambda: email_rules(data, args.limit))]
         chosen = args.parts.split(",")

@@ -37,7 +37,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 # Adapters that ship inside the package, by name (``--adapter polytask-multitask``).
 SHIPPED_DIR = Path(__file__).parent / "assets" / "adapters"
-MULTITASK = "polytask-multitask"  # configs/multitask-smollm2.toml, then -stage2.toml, on the embedded default
+MULTITASK = "polytask-multitask"  # configs/multitask-smollm2.toml, then -stage2 and -stage3, on the embedded default
 # The fields that decide whether weights fit and mean the same thing (max_seq_len does not).
 ARCH_FIELDS = ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "head_dim",
                "tie_embeddings", "attention_bias", "rope_theta", "norm_eps")

@@ -59,3 +59,21 @@ def test_stage2_config_continues_stage1_with_the_ask_reader():
     rates = mixture_rates(sizes, [t["weight"] for t in tables.values()], cfg.data.mixture_cap,
                           cfg.data.mixture_temperature)
     assert list(tables)[0] == "squad_ask" and 0.40 < rates[0] < 0.46
+
+
+def test_stage3_config_continues_stage2_with_more_of_the_reader():
+    """``configs/multitask-smollm2-stage3.toml``: stage 2's tasks and LoRA shape, from stage 2's run
+    folder, squad_ask at ~60% of the examples, in another data order than stage 2's."""
+    stage2 = load_config(CONFIG.with_name("multitask-smollm2-stage2.toml"))
+    cfg = load_config(CONFIG.with_name("multitask-smollm2-stage3.toml"))
+    assert cfg.lora.init_from == "runs/multitask-stage2/adapter"  # stage 2's --run-dir (see its header)
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules) == (
+        stage2.lora.rank, stage2.lora.alpha, stage2.lora.target_modules)
+    tables = cfg.data.task_tables()
+    assert list(tables) == list(stage2.data.task_tables())
+    assert all(t["split"] == "train" for t in tables.values())
+    assert cfg.data.seed != stage2.data.seed  # most squad_ask examples are new to the adapter
+    sizes = [8567, 15100, 10003, 8582, 818, 14436, 3657, 3000]
+    rates = mixture_rates(sizes, [t["weight"] for t in tables.values()], cfg.data.mixture_cap,
+                          cfg.data.mixture_temperature)
+    assert 0.57 < rates[0] < 0.63

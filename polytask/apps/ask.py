@@ -25,6 +25,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from polytask.apps.common import (
     complete_sentences,
     first_line,
@@ -202,7 +204,8 @@ def grounded_answer(question: str, sentences: list[tuple[Hit, int, int, float]],
     return Answer(question, text, True, extract, [source])
 
 
-def sentence_candidates(question: str, hits: list[Hit], db: DocStore):
+def sentence_candidates(question: str, hits: list[Hit], db: DocStore
+                        ) -> tuple[list[tuple[Hit, int, int]], list[str], np.ndarray, list[int]]:
     """The sentences of the retrieved passages that could answer: [(hit, start, end)], their texts,
     their embedding cosines to the question and the rank of their passage."""
     found = []
@@ -210,10 +213,11 @@ def sentence_candidates(question: str, hits: list[Hit], db: DocStore):
         doc_text = db.document_text(h.doc_id)
         found += [(h, s, e, rank) for s, e in sentence_spans(doc_text, h.start, h.end)
                   if not is_fragment(doc_text[s:e])]
+    if not found:
+        return [], [], np.zeros(0, np.float32), []
     texts = [db.document_text(h.doc_id)[s:e] for h, s, e, _ in found]
-    vectors = db.embedder.encode([question] + texts) if found else None
-    cosines = vectors[1:] @ vectors[0] if found else []
-    return [(h, s, e) for h, s, e, _ in found], texts, cosines, [r for *_, r in found]
+    vectors = db.embedder.encode([question] + texts)
+    return [(h, s, e) for h, s, e, _ in found], texts, vectors[1:] @ vectors[0], [r for *_, r in found]
 
 
 def rank_sentences(question: str, hits: list[Hit], db: DocStore) -> list[tuple[Hit, int, int, float]]:

@@ -20,11 +20,13 @@ ASK_SENTENCES = 2  # what ``ask`` gives the model by default (polytask.apps.ask,
 
 
 class Squad(Task):
-    """``context``: "paragraph" (SQuAD's own: the question's paragraph) or "sentences": the two
-    sentences of the question's article that rank first by ``ask``'s measure (embedding cosine +
-    question words; ``ask`` ranks those of its three best passages), best first, the answer's
-    sentence put second when it ranks lower, so the reader trains on what ``ask`` shows it;
-    questions whose answer then lies outside the context (it spans two sentences) are left out."""
+    """``context``: "paragraph" (SQuAD's own: the question's paragraph) or "sentences": two
+    sentences of the question's article, like what ``ask`` shows the model: the two that rank first
+    by ``question_support`` (embedding cosine + question words), best first, the answer's sentence
+    put second when it ranks lower; questions whose answer then lies outside the context (it spans
+    two sentences) are left out. ``ask`` ordered its sentences by that measure when the shipped
+    adapter's stages 2 and 3 were trained; it now orders them by a learnt ranker, which more often
+    puts the answer's sentence first, and still uses the measure to decide whether to answer."""
 
     name = "squad"
     folder = "squad"
