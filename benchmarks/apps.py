@@ -67,8 +67,9 @@ def log(*a) -> None:
 def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test", context_sentences: int = 2,
           windows: int = WINDOWS) -> dict:
     every = json.loads((data / "squad" / "dev-v1.1.reconstructed.json").read_text())["data"]
-    # test articles 38-47 give the figure; train articles (seen in training) are for choosing settings
-    articles = every[38:48] if articles == "test" else every[10:20]
+    # test articles 38-47 give the figure; train articles (seen in training) are for choosing settings;
+    # heldout: the train articles that tools/fit_sentence_ranker.py holds out (the adapter saw them)
+    articles = {"test": every[38:48], "train": every[10:20], "heldout": every[30:38]}[articles]
     store = DocStore(work / "squad.sqlite")
     files, questions = [], []
     for i, art in enumerate(articles):
@@ -212,8 +213,9 @@ def main() -> None:
                    "multi-task adapter on the default model); none for the base model")
     p.add_argument("--parts", default="latency,clinc150,banking77,squad,samsum,email_rules",
                    help="comma-separated parts to run (default: all)")
-    p.add_argument("--squad-articles", choices=["test", "train"], default="test",
-                   help="test: articles 38-47 (the figure); train: articles 10-19, for choosing settings")
+    p.add_argument("--squad-articles", choices=["test", "train", "heldout"], default="test",
+                   help="test: articles 38-47 (the figure); train: articles 10-19, for choosing settings; "
+                   "heldout: train articles 30-37, which the sentence ranker's fit holds out")
     p.add_argument("--context-sentences", type=int, default=2, help="ask's context_sentences (default 2)")
     p.add_argument("--windows", type=int, default=WINDOWS, help=f"ask's windows, tries on the next sentences "
                    f"(default {WINDOWS})")

@@ -157,7 +157,8 @@ def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_s
         return Answer(question, NOT_FOUND, False, retrieved=retrieved)
     # The 135M model answers far better from a few sentences than from whole passages, and it leans
     # on the first one: best first. With the multi-task adapter 3 sentences are barely better than 2
-    # (F1 0.659 vs 0.654 on SQuAD train articles; benchmarks/apps.py --squad-articles train).
+    # (F1 0.659 vs 0.654 on SQuAD train articles, stage-2 adapter, before the ranker;
+    # benchmarks/apps.py --squad-articles train).
     ranked = rank_sentences(question, hits, db)
     hits = hits[:3]  # the passages that decide which question words are informative
     for w in range(windows):  # the next sentences when the best ones give no grounded answer

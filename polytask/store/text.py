@@ -107,8 +107,8 @@ def stems(text: str) -> set[str]:
 
 def question_support(question: str, sentences: list[str], cosines) -> list[float]:
     """How well each sentence speaks to the question: its embedding cosine plus 0.3 x the share of
-    the question's content words it contains (``ask`` ranks its context sentences by this, and the
-    SQuAD task builds ``ask``-like contexts with it)."""
+    the question's content words it contains (``ask`` refuses when no context sentence reaches
+    MIN_SUPPORT; the SQuAD task ranks the sentences of its ``ask``-like contexts by it)."""
     q = stems(question)
     return [float(c) + 0.3 * len(q & stems(s)) / max(1, len(q)) for s, c in zip(sentences, cosines, strict=True)]
 
