@@ -3,7 +3,8 @@ and in its ``Trainer``.
 
 Same architecture, same random batches, same AdamW settings and clipping, one process, fp32 (or
 bf16 autocast for all three with ``--dtype bf16``); they are timed in alternating rounds so that
-machine noise hits both alike, and the ratio is the median of the per-round ratios. polytask runs
+machine noise hits both alike (step by step, ABBA, for the loop), and the ratio is the median of
+the per-round ratios. polytask runs
 its own pieces (``parallelize`` on a one-process mesh, ``build_optimizer``, ``clip_grad_norm``,
 the loop's loss) with ``--compile`` applying its per-block ``torch.compile``. MFU is achieved
 model FLOP/s (``ModelConfig.flops_per_token``) over the matmul peak of the run's dtype, measured
@@ -12,7 +13,8 @@ here before every round (the best is kept: a shared machine's noise lowers MFU, 
 ``Trainer.train()`` runs on a model of the same architecture, on the same batches, with the same AdamW settings and
 clipping; a callback times its steps alone (``--no-trainer`` leaves it out).
 
-    python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--dtype bf16] [--compile] [--no-trainer]
+    python benchmarks/train_throughput.py [--models smollm2-135m smol-30m] [--dtype bf16] [--compile]
+        [--hf-compile] [--hf-fused] [--no-trainer]
 
 Prints a table, then as the last line one JSON object with polytask_tok_s, hf_tok_s, ratio,
 hf_trainer_tok_s, trainer_ratio, mfu, zero3_over_ddp_state, dtype and round_ratios (for the first model).
@@ -68,14 +70,14 @@ def polytask_setup(name: str, compile_blocks: bool, dtype: torch.dtype):
             logits = model(tokens)
         ce = token_cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         (ce.sum() / (targets != -100).sum()).backward()
-        clip_grad_norm(params, 1.0)
+        clip_grad_norm(params, 1.0, optimizer)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
 
 
-def hf_setup(name: str, fused: bool, dtype: torch.dtype):
+def hf_setup(name: str, fused: bool, dtype: torch.dtype, compile_model: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from polytask.weights import config_to_hf
@@ -83,6 +85,7 @@ def hf_setup(name: str, fused: bool, dtype: torch.dtype):
     cfg = preset(name)
     hf_cfg = LlamaConfig(**{k: v for k, v in config_to_hf(cfg, torch.float32).items() if k != "torch_dtype"})
     model = LlamaForCausalLM._from_config(hf_cfg, attn_implementation="sdpa").train()
+    forward = torch.compile(model) if compile_model else model  # what Trainer(torch_compile=True) does
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     decay = [p for p in model.parameters() if p.ndim >= 2]
     optimizer = torch.optim.AdamW(
@@ -95,7 +98,7 @@ def hf_setup(name: str, fused: bool, dtype: torch.dtype):
     def step(tokens, targets):
         # labels are the inputs: transformers shifts them itself
         with autocast(dtype):
-            loss = model(input_ids=tokens, labels=tokens).loss
+            loss = forward(input_ids=tokens, labels=tokens).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -161,6 +164,17 @@ def timed(step, batches) -> float:
     return time.perf_counter() - t0
 
 
+def alternated(ours, theirs, batches) -> tuple[float, float]:
+    """Both loops on the same batches, one step each in turn, ABBA (ours first on even steps,
+    theirs first on odd ones), so that a drift in the shared machine's speed hits both alike.
+    Returns the two total times."""
+    totals = {ours: 0.0, theirs: 0.0}
+    for i, batch in enumerate(batches):
+        for step in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+            totals[step] += timed(step, [batch])
+    return totals[ours], totals[theirs]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "smol-30m"])
@@ -171,6 +185,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="polytask compiles each block (torch.compile)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--hf-fused", action="store_true", help="give transformers' loop the fused AdamW too")
+    ap.add_argument("--hf-compile", action="store_true",
+                    help="torch.compile transformers' model too (as Trainer(torch_compile=True) does; ~2 min)")
     ap.add_argument("--no-trainer", action="store_true", help="skip transformers' Trainer (the loop only)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast for all three")
     args = ap.parse_args()
@@ -192,7 +208,8 @@ def main() -> None:
             row = torch.randint(0, vocab, (args.batch, args.seq_len + 1), generator=gen)
             return row[:, :-1].contiguous(), row[:, 1:].contiguous()
 
-        ours, theirs = polytask_setup(name, args.compile, dtype), hf_setup(name, args.hf_fused, dtype)
+        ours = polytask_setup(name, args.compile, dtype)
+        theirs = hf_setup(name, args.hf_fused, dtype, args.hf_compile)
         trainer = None
         if not args.no_trainer:
             trainer = hf_trainer_setup(name, args.seq_len, args.batch, args.hf_fused, dtype, workdir.name)
@@ -204,8 +221,9 @@ def main() -> None:
             # The machine is shared: re-measure the peak every round and keep the best (a lower MFU).
             peak_flops = max(peak_flops, peak.measure(torch.device("cpu"), dtype, 2048, 1.0))
             batches = [batch() for _ in range(args.steps)]
-            ours_t.append(timed(ours, batches))
-            theirs_t.append(timed(theirs, batches))
+            t_ours, t_theirs = alternated(ours, theirs, batches)
+            ours_t.append(t_ours)
+            theirs_t.append(t_theirs)
             if trainer is not None:
                 trainer_t.append(trainer(batches))
         tokens = args.steps * args.batch * args.seq_len
@@ -231,7 +249,8 @@ def main() -> None:
     )
     print(
         f"seq_len {args.seq_len} x batch {args.batch}, {args.steps} steps x {args.rounds} alternating rounds, "
-        f"{args.dtype}, compile={args.compile}, transformers fused AdamW={args.hf_fused}; "
+        f"{args.dtype}, compile={args.compile}, transformers compile={args.hf_compile}, "
+        f"transformers fused AdamW={args.hf_fused}; "
         "ratios are medians of per-round ratios"
     )
     print(
@@ -250,6 +269,8 @@ def main() -> None:
             {
                 "model": name,
                 "dtype": args.dtype,
+                "compile": args.compile,
+                "hf_compile": args.hf_compile,
                 "polytask_tok_s": round(a, 1),
                 "hf_tok_s": round(b, 1),
                 "ratio": round(r, 3),

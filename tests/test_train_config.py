@@ -103,6 +103,34 @@ def test_decay_groups():
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 2 * 2 + 1  # norms only
 
 
+def test_clipping_left_to_the_fused_step_gives_the_same_update():
+    import torch
+
+    from polytask.train.optim import clip_grad_norm
+
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5)]
+    grads = [torch.randn(7, 5) * 3, torch.randn(5)]
+    results = []
+    for max_norm, fused in ((1.0, False), (1.0, True), (1000.0, True), (0.0, True)):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = torch.optim.AdamW(params, lr=0.1, fused=fused)
+        for step in range(3):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g * (step + 1) ** 2  # Adam ignores a constant scale: vary it
+            norm = clip_grad_norm(params, max_norm, opt)
+            # the fused step divides by grad_scale; otherwise the gradients were scaled in place
+            assert (getattr(opt, "grad_scale", None) is not None) == (fused and max_norm > 0)
+            opt.step()
+        results.append([p.detach() for p in params])
+        assert norm.item() == pytest.approx(9 * torch.cat([g.flatten() for g in grads]).norm().item(), rel=1e-6)
+    for a, b in zip(results[0], results[1], strict=True):  # clipped: in place == in the fused step
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(results[2], results[3], strict=True):  # under the limit == no clipping
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(results[0][0], results[2][0])  # the clip did change the update
+
+
 def test_plan_command(capsys):
     assert (
         main(

@@ -296,7 +296,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             task_loss.index_add_(0, ids, ce)
             task_count.index_add_(0, ids, torch.ones_like(ce))
         target_sum += count
-        grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm)
+        grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm, optimizer)
         lr = lr_at(step, cfg.optim)
         set_lr(optimizer, lr)
         optimizer.step()

