@@ -17,7 +17,8 @@ from polytask.model import RMSNorm, build_model, preset
 from polytask.train.loss import token_cross_entropy
 
 
-def test_token_cross_entropy_matches_torch_values_and_gradient():
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_token_cross_entropy_matches_torch_values_and_gradient(overwrite):
     torch.manual_seed(0)
     logits = torch.randn(37, 101, dtype=torch.float64)  # not a multiple of the row chunk
     targets = torch.randint(0, 101, (37,))
@@ -28,8 +29,11 @@ def test_token_cross_entropy_matches_torch_values_and_gradient():
     expected = F.cross_entropy(ref, targets, ignore_index=-100, reduction="none")
     (expected * weights).sum().backward()
     ours = logits.clone().requires_grad_()
-    loss = token_cross_entropy(ours, targets)
+    scratch = ours * 1.0  # as a projection's output: nothing else reads it
+    loss = token_cross_entropy(scratch, targets, overwrite=overwrite)
     (loss * weights).sum().backward()
+    # overwrite: the log-probabilities took the logits' place (then, in backward, the gradient)
+    assert torch.equal(ours, logits) and torch.equal(scratch, logits) != overwrite
 
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(ours.grad, ref.grad, rtol=0, atol=1e-12)

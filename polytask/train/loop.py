@@ -288,7 +288,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
                 with autocast:
                     # logits only where a target is (answers, not prompts): (kept tokens, vocab)
                     logits = model(tokens, keep=keep)
-                ce = token_cross_entropy(logits.float(), targets[keep])
+                ce = token_cross_entropy(logits.float(), targets[keep], overwrite=True)  # logits: read once
                 (ce.sum() * scale).backward()
             ce = ce.detach()
             loss_sum += ce.sum()
