@@ -36,8 +36,8 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/decode.py
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/train_throughput.py --dtype bf16
+	$(BIN)/python benchmarks/train_throughput.py --threads 1
+	$(BIN)/python benchmarks/train_throughput.py --threads 1 --dtype bf16
 	$(BIN)/python benchmarks/answer_logits.py
 	$(BIN)/python benchmarks/serve_load.py --seconds 20
 
