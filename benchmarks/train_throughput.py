@@ -17,13 +17,15 @@ clipping; a callback times its steps alone (``--no-trainer`` leaves it out).
         [--hf-compile] [--hf-fused] [--no-trainer]
 
 Prints a table, then as the last line one JSON object with polytask_tok_s, hf_tok_s, ratio,
-hf_trainer_tok_s, trainer_ratio, mfu, zero3_over_ddp_state, dtype and round_ratios (for the first model).
+hf_trainer_tok_s, trainer_ratio, mfu, zero3_over_ddp_state, dtype, round_ratios and the minor page
+faults per step of polytask and of the loop (for the first model).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -164,15 +166,23 @@ def timed(step, batches) -> float:
     return time.perf_counter() - t0
 
 
-def alternated(ours, theirs, batches) -> tuple[float, float]:
+def minor_faults() -> int:
+    """Page faults of this process so far that the kernel served without I/O: mostly first
+    touches of freshly mapped memory, which glibc hands out for every large tensor."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def alternated(ours, theirs, batches) -> dict:
     """Both loops on the same batches, one step each in turn, ABBA (ours first on even steps,
     theirs first on odd ones), so that a drift in the shared machine's speed hits both alike.
-    Returns the two total times."""
-    totals = {ours: 0.0, theirs: 0.0}
+    Returns {step: (total seconds, minor page faults)}."""
+    totals = {ours: [0.0, 0], theirs: [0.0, 0]}
     for i, batch in enumerate(batches):
         for step in (ours, theirs) if i % 2 == 0 else (theirs, ours):
-            totals[step] += timed(step, [batch])
-    return totals[ours], totals[theirs]
+            faults = minor_faults()
+            totals[step][0] += timed(step, [batch])
+            totals[step][1] += minor_faults() - faults
+    return {step: tuple(t) for step, t in totals.items()}
 
 
 def main() -> None:
@@ -217,13 +227,16 @@ def main() -> None:
         timed(ours, warm)  # first steps: allocation, Adam state, compilation
         timed(theirs, warm)
         ours_t, theirs_t, trainer_t = [], [], []
+        faults = {ours: 0, theirs: 0}
         for _ in range(args.rounds):
             # The machine is shared: re-measure the peak every round and keep the best (a lower MFU).
             peak_flops = max(peak_flops, peak.measure(torch.device("cpu"), dtype, 2048, 1.0))
             batches = [batch() for _ in range(args.steps)]
-            t_ours, t_theirs = alternated(ours, theirs, batches)
-            ours_t.append(t_ours)
-            theirs_t.append(t_theirs)
+            times = alternated(ours, theirs, batches)
+            ours_t.append(times[ours][0])
+            theirs_t.append(times[theirs][0])
+            for step in faults:
+                faults[step] += times[step][1]
             if trainer is not None:
                 trainer_t.append(trainer(batches))
         tokens = args.steps * args.batch * args.seq_len
@@ -234,11 +247,15 @@ def main() -> None:
         round_ratios = [t / o for o, t in zip(ours_t, theirs_t, strict=True)]
         trainer_ratios = [t / o for o, t in zip(ours_t, trainer_t, strict=False)]
         print(f"{name}: per-round ratio {' '.join(f'{r:.2f}' for r in round_ratios)}", flush=True)
+        steps_run = args.rounds * args.steps
+        fault_rates = (round(faults[ours] / steps_run), round(faults[theirs] / steps_run))
+        print(f"{name}: minor page faults per step: polytask {fault_rates[0]}, transformers loop {fault_rates[1]}",
+              flush=True)
         ddp, zero3 = sum(model_state(cfg, "ddp", 2)), sum(model_state(cfg, "zero3", 2))
         rows.append((
             name, ours_tps, hf_tps, trainer_tps, statistics.median(round_ratios),
             statistics.median(trainer_ratios) if trainer_ratios else None,
-            cfg.flops_per_token(args.seq_len), zero3 / ddp, round_ratios,
+            cfg.flops_per_token(args.seq_len), zero3 / ddp, fault_rates, round_ratios,
         ))
         del ours, theirs, trainer
 
@@ -258,7 +275,7 @@ def main() -> None:
         f"{'mfu':>8}{'hf mfu':>8}{'zero3/ddp':>11}"
     )
     table = []
-    for name, a, b, c, r, rc, f, z, _ in rows:
+    for name, a, b, c, r, rc, f, z, _, _ in rows:
         table.append((name, a, b, r, c, rc, a * f / peak_flops, b * f / peak_flops, z))
     for name, a, b, r, c, rc, m, hm, z in table:
         trainer_cols = f"{c:>15.1f}{rc:>8.2f}" if c else f"{'-':>15}{'-':>8}"
@@ -279,6 +296,8 @@ def main() -> None:
                 "mfu": round(m, 4),
                 "zero3_over_ddp_state": round(z, 4),
                 "round_ratios": [round(x, 3) for x in rows[0][-1]],
+                "polytask_faults_per_step": rows[0][-2][0],
+                "hf_faults_per_step": rows[0][-2][1],
                 "all": {
                     n: {"ratio": round(r_, 3), "trainer_ratio": rc_ and round(rc_, 3), "mfu": round(m_, 4)}
                     for n, _, _, r_, _, rc_, m_, _, _ in table
