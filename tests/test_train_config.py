@@ -181,7 +181,12 @@ def test_run_dir_of_another_run_and_checkpoint_of_another_model(tmp_path, capsys
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "model_state_bytes", "peak_rss_bytes"):
         assert last[key] > 0, key
-    assert 0 < last["mfu"] < 1 and set(last["task_loss"]) == {"clinc150"}
+    # MFU against the peak given (a made-up 1e11: no bound on it, that would be a timing assertion)
+    from polytask.model import preset
+
+    flops = preset("tiny").flops_per_token(32)
+    assert last["mfu"] > 0 and last["mfu"] == pytest.approx(last["tokens_per_s"] * flops / 1e11, rel=1e-3, abs=1e-4)
+    assert set(last["task_loss"]) == {"clinc150"}
     assert (run_dir / "checkpoints" / "step_00000002" / "config.toml").exists()
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert last["step"] == 2
