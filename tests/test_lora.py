@@ -76,6 +76,28 @@ def test_fresh_adapter_is_the_base_model_and_merge_matches():
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
 
 
+def test_training_flops_count_no_head_without_targets_and_no_gradient_for_frozen_weights():
+    from polytask.model import training_flops
+
+    for name in ("tiny", "tiny-untied"):
+        cfg = preset(name)
+        per_token, per_target = training_flops(build_model(cfg, device="meta"), 64)
+        norms = 6 * (2 * cfg.num_layers + 1) * cfg.dim  # PaLM's 6N counts the norms' weights too
+        assert per_token + per_target + norms == cfg.flops_per_token(64)  # all train, every token a target
+        assert per_target == 6 * cfg.vocab_size * cfg.dim
+
+    cfg = preset("tiny")
+    full_token, _ = training_flops(build_model(cfg, device="meta"), 64)
+    model = apply_lora(build_model(cfg, device="meta"), LoraConfig(rank=4))
+    per_token, per_target = training_flops(model, 64)
+    adapters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert adapters > 0
+    # the frozen base: forward and the input's gradient only (4 FLOPs of 6 per weight); the adapters train
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 64
+    assert per_token == (full_token - attention) * 4 // 6 + 6 * adapters + attention
+    assert per_target == 4 * cfg.vocab_size * cfg.dim  # the tied embedding is frozen too
+
+
 def test_bad_lora_config_messages():
     with pytest.raises(Exception, match="lora.target_modules: unknown module"):
         apply_lora(tiny(), LoraConfig(rank=4, target_modules=["qproj"]))

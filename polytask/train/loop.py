@@ -28,7 +28,7 @@ from polytask.config import TrainConfig
 from polytask.data import build_data
 from polytask.errors import PolytaskError
 from polytask.lora import adapter_start_state, apply_lora, initial_lora_state, save_training_adapter
-from polytask.model import Llama, ModelConfig, build_model, preset
+from polytask.model import Llama, ModelConfig, build_model, preset, training_flops
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
 from polytask.train.loss import token_cross_entropy
@@ -221,6 +221,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     net = build_model(model_cfg, device="meta")
     if cfg.lora.rank:
         apply_lora(net, cfg.lora)  # before parallelizing: the adapters are sharded with their blocks
+    flops_per_token, flops_per_target = training_flops(net, cfg.data.seq_len)
     model = parallelize(net, mesh, cfg.parallel, materializer(cfg, model_cfg, device, start_adapter), device)
     zero1 = cfg.parallel.strategy == "zero1" and dp_size > 1
     optimizer = build_optimizer(model, cfg.optim, dp_group if zero1 else None)
@@ -246,7 +247,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     num_tasks = len(task_names)
     seq_len, micro_batch, accum = cfg.data.seq_len, cfg.data.micro_batch, cfg.optim.grad_accum
     tokens_per_step = seq_len * micro_batch * accum * dp_size
-    flops_per_token = model_cfg.flops_per_token(seq_len)
     train_dtype = torch.bfloat16 if cfg.parallel.mixed_precision == "bf16" else torch.float32
     peak_flops = cfg.metrics.peak_flops or peak.cached(device, train_dtype)
     fault_step = int(os.environ.get(FAULT_STEP_ENV, 0))
@@ -310,6 +310,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             loss_sum.zero_(), task_loss.zero_(), task_count.zero_()
             # loss_sum was reduced; target_sum already holds global counts
             loss = (sums[0] / target_sum.clamp(min=1)).item()
+            targets = target_sum.item()
             target_sum.zero_()
             per_task = {
                 name: round((sums[1 + i] / sums[2 + num_tasks + i]).item(), 6)
@@ -318,6 +319,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             }
             now = time.perf_counter()
             tps = tokens_per_step * steps_since / (now - t_last)
+            target_tps = targets / (now - t_last)
+            flops_per_s = tps * flops_per_token + target_tps * flops_per_target  # all ranks
             t_last, steps_since = now, 0
             last = {
                 "step": done,
@@ -326,7 +329,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
                 "grad_norm": float(grad_norm),
                 "tokens": tokens_seen,
                 "tokens_per_s": round(tps, 1),
-                "mfu": round(tps * flops_per_token / world / peak_flops, 4) if peak_flops else None,
+                "target_tokens_per_s": round(target_tps, 1),
+                "mfu": round(flops_per_s / world / peak_flops, 4) if peak_flops else None,
                 "model_state_bytes": state_bytes,
                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "task_loss": per_task,
