@@ -74,6 +74,40 @@ def test_jsonl_task_errors(tmp_path):
     assert ex[0].inputs == {"prompt": "q"} and ex[0].target == "a"
 
 
+def test_missing_file_bad_split_and_empty_answers_on_the_training_path(tmp_path):
+    from polytask.data.tokenize import cached_tokenize
+
+    for name, folder, missing in (("banking77", "banking77", "train.csv"),
+                                  ("email_intent", "enron_email_intent", "train_Ask0729-fixed.tsv"),
+                                  ("samsum", "samsum", "validation.json")):
+        (tmp_path / folder).mkdir()  # the folder is there, its file is not
+        task = get_task(name, data_root=tmp_path)
+        with pytest.raises(PolytaskError, match=rf"{folder}/{missing}: file not found"):
+            cached_tokenize(None, task, "train", None, None)  # training: the cache key reads the file first
+        with pytest.raises(PolytaskError, match=rf"{folder}/{missing}: file not found"):
+            task.read("train")  # evaluation
+        with pytest.raises(PolytaskError, match=rf"task {name}: no split 'val'"):
+            cached_tokenize(None, task, "val", None, None)
+    p = tmp_path / "faq.jsonl"
+    p.write_text(json.dumps({"prompt": "q", "target": ["a"]}) + "\n" + json.dumps({"prompt": "q", "target": []}))
+    with pytest.raises(PolytaskError, match=r"faq.jsonl:2: field 'target' is an empty list"):
+        get_task("jsonl", path=str(p)).read("train")
+
+
+def test_training_takes_train_splits_and_a_positive_example_cap():
+    from polytask.data import DataConfig
+
+    for bad, message in (
+        ({"split": "test"}, r"data.split = 'test': training reads train splits only"),
+        ({"tasks": {"clinc150": {"split": "val"}}}, r"data.tasks.clinc150.split = 'val'"),
+        ({"max_examples": 0}, r"data.max_examples must be a positive whole number or unset, got 0"),
+        ({"tasks": {"clinc150": {"max_examples": -3}}}, r"data.tasks.clinc150.max_examples .* got -3"),
+    ):
+        with pytest.raises(PolytaskError, match=message):
+            DataConfig(**bad).task_tables()
+    assert DataConfig(tasks={"text": {"path": "docs", "split": "all"}}).task_tables()["text"]["split"] == "all"
+
+
 def test_text_task_errors(tmp_path):
     with pytest.raises(PolytaskError, match="no .txt/.md files under"):
         get_task("text", path=str(tmp_path)).read("all")

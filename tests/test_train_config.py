@@ -87,8 +87,10 @@ def test_missing_config_file(tmp_path, capsys):
 def test_schedules():
     cos = OptimConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
     assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(9, cos) == pytest.approx(1.0)
-    assert lr_at(10, cos) == pytest.approx(1.0) and lr_at(99, cos) == pytest.approx(0.1, abs=1e-3)
-    assert lr_at(55, cos) == pytest.approx(0.55)  # halfway through the cosine: (1 + 0.1) / 2
+    assert lr_at(10, cos) == pytest.approx(1.0) and lr_at(99, cos) == pytest.approx(0.1, abs=1e-12)  # the last step
+    for k in (0, 20, 44):  # symmetric about the middle of the cosine: (1 + 0.1) / 2
+        assert lr_at(10 + k, cos) + lr_at(99 - k, cos) == pytest.approx(1.1)
+    assert lr_at(10, cos) > lr_at(11, cos) > lr_at(98, cos) > lr_at(99, cos)
     wsd = OptimConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2)
     assert lr_at(50, wsd) == 1.0 and lr_at(79, wsd) == 1.0
     assert lr_at(89, wsd) == pytest.approx(0.5) and lr_at(99, wsd) == pytest.approx(0.0)
@@ -202,6 +204,52 @@ def test_run_dir_of_another_run_and_checkpoint_of_another_model(tmp_path, capsys
     err = capsys.readouterr().err
     assert "checkpoint is from another model (tie_embeddings: checkpoint True vs config False)" in err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing lost or changed
+
+
+@needs_data
+def test_starts_and_resumes_that_cannot_go_on_leave_the_run_as_it_was(tmp_path, capsys, default_dir):
+    run_dir = tmp_path / "run"
+    args = ["train", "--config", str(write(tmp_path, TINY)), "--run-dir", str(run_dir)]
+
+    def files():
+        return {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    def steps():
+        return [json.loads(ln)["step"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    run_dir.write_text("not a folder")
+    assert main(args) == 2
+    assert "a file is in the way" in capsys.readouterr().err
+    run_dir.unlink()
+    assert main([*args, "--data.split", "test"]) == 2  # never train on held-out data
+    assert "data.split = 'test': training reads train splits only" in capsys.readouterr().err
+    assert main([*args, "--parallel.cpu_offload", "true"]) == 2  # fails after the data is read
+    assert "cpu_offload needs parallel.strategy zero2 or zero3" in capsys.readouterr().err
+    assert not (run_dir / "config.toml").exists()  # so the corrected command is not "another run"
+    assert main(args) == 0 and steps() == [1, 2]
+    capsys.readouterr()
+    before = files()
+
+    assert main([*args, "--resume"]) == 0  # already at optim.steps: nothing to do, nothing touched
+    assert "is complete (step 2 of 2); set --optim.steps higher" in capsys.readouterr().out
+    assert main([*args, "--resume", "--optim.steps", "1"]) == 2
+    assert "checkpoint is at step 2, past optim.steps = 1" in capsys.readouterr().err
+    assert main([*args, "--resume", "--optim.steps", "4", "--data.seed", "7"]) == 2  # the data order differs
+    assert "seed" in capsys.readouterr().err
+    assert files() == before  # the refused resume kept the run's config.toml
+
+    assert main([*args, "--resume", "--optim.steps", "4"]) == 0
+    assert "optim.steps 2 -> 4: the cosine schedule is recomputed" in capsys.readouterr().out
+    assert steps() == [1, 2, 3, 4]
+
+    # A first attempt killed before any checkpoint (and mid-line): --resume starts over, once.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.toml").write_text("")
+    (fresh / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "lo')
+    run_dir = fresh
+    assert main(["train", "--config", str(write(tmp_path, TINY)), "--run-dir", str(fresh), "--resume"]) == 0
+    assert steps() == [1, 2]
 
 
 def test_tensorboard_without_the_package(tmp_path, capsys):

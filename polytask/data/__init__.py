@@ -59,6 +59,7 @@ class DataConfig:
             raise PolytaskError(f"data.mixture_temperature must be > 0, got {self.mixture_temperature}")
         if self.mixture_cap is not None and self.mixture_cap < 1:
             raise PolytaskError(f"data.mixture_cap must be >= 1 or unset, got {self.mixture_cap}")
+        check_training_table("data", {"split": self.split, "max_examples": self.max_examples})
 
     def task_tables(self) -> dict[str, dict[str, Any]]:
         """Every task as a full option table (a bare number is its weight)."""
@@ -74,8 +75,25 @@ class DataConfig:
                 raise PolytaskError(f"data.tasks.{name}.weight must be a positive number, got {weight!r}")
             table.setdefault("split", self.split)
             table.setdefault("max_examples", self.max_examples)
+            check_training_table(f"data.tasks.{name}", table)
             out[name] = table
         return out
+
+
+# Splits training may read: "train", and "all" for tasks over your own files (text, docs, jsonl),
+# where it means every file with nothing held out. The others hold evaluation data.
+TRAINING_SPLITS = ("train", "all")
+
+
+def check_training_table(where: str, table: dict[str, Any]) -> None:
+    split, cap = table.get("split"), table.get("max_examples")
+    if split not in TRAINING_SPLITS:
+        raise PolytaskError(
+            f"{where}.split = {split!r}: training reads train splits only (or \"all\" of your own files); "
+            f"held-out splits are for polytask eval --split"
+        )
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise PolytaskError(f"{where}.max_examples must be a positive whole number or unset, got {cap!r}")
 
 
 def build_data(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1) -> MixtureLoader:
@@ -89,6 +107,8 @@ def build_data(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1) -
         tok = cached_tokenize(tokenizer, task, table["split"], table["max_examples"], cache_dir)
         if task.kind == "lm":
             tok = tok.split_long(cfg.seq_len + 1)
+        if len(tok) == 0:
+            raise PolytaskError(f"data.tasks.{name}: no examples to train on (split {table['split']!r})")
         names.append(name)
         data.append(tok)
         sizes.append(len(tok))

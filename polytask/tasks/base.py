@@ -111,6 +111,7 @@ class Task:
 
     def fingerprint(self, split: str) -> str:
         """Changes when the source files, the options or the prompt wording change."""
+        self.check_split(split)
         h = hashlib.sha256()
         h.update(json.dumps([type(self).__name__, self.kind, self.opts, self.system, self.user, split]).encode())
         for p in self.source_files(split):
@@ -131,7 +132,10 @@ class Task:
 
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, memoized on (path, size, mtime) for the life of the process."""
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise PolytaskError(f"{path}: file not found") from None
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
         h = hashlib.sha256()
@@ -153,6 +157,14 @@ def examples_hash(examples: list[Example]) -> str:
     return h.hexdigest()[:16]
 
 
+def open_text(path: Path, **kwargs):
+    """``open(path)`` for reading, with a missing file as one clear error."""
+    try:
+        return open(path, encoding="utf-8", **kwargs)
+    except FileNotFoundError:
+        raise PolytaskError(f"{path}: file not found") from None
+
+
 def read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -166,11 +178,7 @@ def read_json(path: Path) -> Any:
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line; a bad line is an error naming file:line."""
     rows = []
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise PolytaskError(f"{path}: file not found") from None
-    with f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

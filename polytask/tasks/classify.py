@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 
 from polytask.errors import PolytaskError
-from polytask.tasks.base import Example, Task, read_json
+from polytask.tasks.base import Example, Task, open_text, read_json
 from polytask.tasks.metrics import accuracy, binary_f1, normalize_label
 
 OUT_OF_SCOPE = "out_of_scope"
@@ -105,7 +105,7 @@ class Banking77(IntentTask):
 
     def _read(self, split: str) -> list[Example]:
         path = self.source_files(split)[0]
-        with open(path, encoding="utf-8", newline="") as f:
+        with open_text(path, newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != ["text", "category"]:
@@ -137,7 +137,7 @@ class EmailIntent(IntentTask):
     def _read(self, split: str) -> list[Example]:
         path = self.source_files(split)[0]
         out = []
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue

@@ -47,6 +47,8 @@ class JsonlTask(Task):
                 if f not in row:
                     raise PolytaskError(f"{path}:{lineno}: field {f!r} missing (fields: {', '.join(sorted(row))})")
             refs = row[tf] if isinstance(row[tf], list) else [row[tf]]
+            if not refs:
+                raise PolytaskError(f"{path}:{lineno}: field {tf!r} is an empty list (give at least one answer)")
             out.append(
                 Example(str(row.get("id", lineno)), {"prompt": str(row[pf])}, str(refs[0]), [str(r) for r in refs])
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import resource
 import signal
@@ -24,7 +25,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from polytask import config as config_mod
-from polytask.config import TrainConfig
+from polytask.config import OptimConfig, TrainConfig
 from polytask.data import build_data
 from polytask.errors import PolytaskError
 from polytask.lora import adapter_start_state, apply_lora, initial_lora_state, save_training_adapter
@@ -73,6 +74,8 @@ def model_config_for(cfg: TrainConfig) -> ModelConfig:
 
 def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from, if any; refuse to mix a new run into an old run's folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PolytaskError(f"--run-dir {run_dir}: a file is in the way; choose a folder (nothing was changed)")
     ckpts = checkpoint.checkpoint_dirs(run_dir)
     if resume:
         return ckpts[-1] if ckpts else None
@@ -140,6 +143,14 @@ def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int
     return total
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for one that is not a whole JSON row."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def _rank0_print(msg: str) -> None:
     if dist.get_rank() == 0:
         print(msg, flush=True)
@@ -151,8 +162,9 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int) -> None:
         self.path = run_dir / "metrics.jsonl"
         if resume_step >= 0 and self.path.exists():
-            # Drop lines the killed attempt logged after its last checkpoint: they are redone.
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            # Drop lines the killed attempt logged after its last checkpoint (all of them when it
+            # wrote none): they are redone. A line cut short by the kill is dropped too.
+            kept = [ln for ln in self.path.read_text().splitlines() if _logged_step(ln) <= resume_step]
             tmp = self.path.with_name(".metrics.jsonl.tmp")
             tmp.write_text("".join(ln + "\n" for ln in kept))
             tmp.rename(self.path)
@@ -195,6 +207,18 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     saved = checkpoint.read_train_state(resume_from) if resume_from else None
     if saved is not None:
         checkpoint.check_same_model(resume_from, saved, model_cfg)
+        if saved["step"] > cfg.optim.steps:
+            raise PolytaskError(
+                f"{resume_from}: the checkpoint is at step {saved['step']}, past optim.steps = {cfg.optim.steps}; "
+                f"set --optim.steps above {saved['step']} to train further (nothing was changed)"
+            )
+        if saved["step"] == cfg.optim.steps:
+            _rank0_print(
+                f"polytask train: {run_dir} is complete (step {saved['step']} of {cfg.optim.steps}); "
+                f"set --optim.steps higher to train further"
+            )
+            return {}
+        _note_schedule_change(saved, cfg)
     tokenizer = Tokenizer(resolve_model_dir(cfg.model.init_from or cfg.model.tokenizer))
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise PolytaskError(
@@ -210,13 +234,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     if cfg.lora.init_from and saved is None:  # a resumed run takes its adapters from the checkpoint
         start_adapter = adapter_start_state(cfg.lora.init_from, model_cfg, cfg.lora,
                                             cfg.model.init_from or cfg.model.preset)
-    dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.toml.tmp"
-        tmp.write_text(config_mod.to_toml(cfg))
-        tmp.rename(run_dir / "config.toml")
-
     torch.manual_seed(cfg.optim.seed)
     net = build_model(model_cfg, device="meta")
     if cfg.lora.rank:
@@ -236,6 +253,14 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         if saved["world_size"] == world:
             torch.set_rng_state(saved["rng"][rank])
         _rank0_print(f"polytask train: resumed from {resume_from} at step {start_step}")
+    # Written once everything above is checked and loaded: a start that fails leaves the folder
+    # as it was (a refused resume keeps its config; a refused first start leaves no "other run").
+    dist.barrier()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / ".config.toml.tmp"
+        tmp.write_text(config_mod.to_toml(cfg))
+        tmp.rename(run_dir / "config.toml")
 
     ddp = hasattr(model, "no_sync")
     autocast = (
@@ -253,7 +278,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
         fault_step = 0
 
-    metrics = MetricsWriter(run_dir, cfg.metrics.tensorboard, start_step if saved else -1) if rank == 0 else None
+    metrics = MetricsWriter(run_dir, cfg.metrics.tensorboard, start_step if resume else -1) if rank == 0 else None
     bar = None
     if rank == 0 and cfg.metrics.progress:
         from tqdm import tqdm
@@ -345,7 +370,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             bar.update(1)
         optimizer.zero_grad(set_to_none=True)
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == cfg.optim.steps:
+            t_save = time.perf_counter()
             save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size)
+            t_last += time.perf_counter() - t_save  # tokens/s and MFU measure training, not saving
         if done == fault_step and rank == int(os.environ.get(FAULT_RANK_ENV, 0)):
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -354,6 +381,25 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     if metrics is not None:
         metrics.close()
     return last if rank == 0 else {}
+
+
+SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction")
+
+
+def _note_schedule_change(saved: dict, cfg: TrainConfig) -> None:
+    """Say so when a resumed run's learning-rate schedule differs from the checkpoint's (e.g. more
+    steps): the schedule is a function of the step and these settings, so it is recomputed."""
+    before = saved["config"].get("optim", {})
+    changed = [k for k in SCHEDULE_KEYS if k in before and before[k] != getattr(cfg.optim, k)]
+    if not changed:
+        return
+    old = OptimConfig(**{k: v for k, v in before.items() if k in OptimConfig.__dataclass_fields__})
+    step = saved["step"]
+    what = ", ".join(f"optim.{k} {before[k]} -> {getattr(cfg.optim, k)}" for k in changed)
+    _rank0_print(
+        f"polytask train: {what}: the {cfg.optim.schedule} schedule is recomputed; the learning rate of "
+        f"step {step + 1} is {lr_at(step, cfg.optim):.3g} (it was {lr_at(step - 1, old):.3g} at step {step})"
+    )
 
 
 def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_cfg, world, dp_size) -> None:

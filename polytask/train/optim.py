@@ -57,7 +57,8 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "cosine":
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        # from lr on the first step after warmup to exactly lr x min_lr_ratio on the last
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps - 1)
         return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     # warmup-stable-decay (Hu et al., MiniCPM 2024): flat, then a linear decay over the last fraction.
     decay_steps = max(1, round(cfg.decay_fraction * cfg.steps))
