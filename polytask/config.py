@@ -242,6 +242,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (0 < cfg.optim.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]"),
+        (cfg.optim.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 = no clipping)"),
         (cfg.parallel.tensor_parallel >= 1, "parallel.tensor_parallel must be >= 1"),
         (cfg.parallel.checkpoint_every_n >= 1, "parallel.checkpoint_every_n must be >= 1"),
         (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = only at the end)"),

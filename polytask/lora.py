@@ -265,9 +265,10 @@ def save_adapter(
 
     from safetensors.torch import save_file
 
-    from polytask.weights import _atomic_dir, _publish
+    from polytask.weights import _atomic_dir, _publish, check_replaceable
 
     out = Path(out)
+    check_replaceable(out)
     # model.layers.0.self_attn.q_proj.lora_A -> base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
     tensors = {f"{PEFT_PREFIX}{name}.weight": t.to(dtype).contiguous() for name, t in state.items()}
     tmp = _atomic_dir(out)

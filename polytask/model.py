@@ -552,11 +552,12 @@ class Llama(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=gen) * s)
         self.reset_rope()
 
-    def reset_rope(self) -> None:
-        """Recompute the rope tables (after ``to_empty`` left them uninitialized)."""
+    def reset_rope(self, device: torch.device | None = None) -> None:
+        """Recompute the rope tables (after ``to_empty`` left them uninitialized), on ``device``
+        (default: where they are)."""
         cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
-        self.rope_cos = cos.to(self.rope_cos.device)
-        self.rope_sin = sin.to(self.rope_sin.device)
+        self.rope_cos = cos.to(device or self.rope_cos.device)
+        self.rope_sin = sin.to(device or self.rope_sin.device)
 
 
 class Projection:

@@ -64,6 +64,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         ("", ["--optim.nope", "1"], r"unknown key optim\.nope"),
         ("", ["--optim.steps"], r"--optim\.steps needs a value"),
         ("", ["--optim.steps", "0"], r"optim\.steps must be >= 1"),
+        ("", ["--optim.max_grad_norm", "-1"], r"optim\.max_grad_norm must be >= 0 \(0 = no clipping\)"),
         ("[data]\nseq_len = 4\n", [], r"data\.seq_len must be at least 8"),
         ("[optim\n", [], r"not valid TOML"),
     ],
@@ -156,13 +157,33 @@ def test_plan_command(capsys):
     assert "zero3" in out and 'recommendation: parallel.strategy = "ddp"' in out
     assert main(["plan", "--model", "llama3-8b", "--devices", "8", "--device-memory", "80GiB"]) == 0
     assert 'recommendation: parallel.strategy = "zero' in capsys.readouterr().out
-    assert main(["plan", "--device-memory", "lots"]) == 2
-    assert "--device-memory 'lots'" in capsys.readouterr().err
+    for bad in ("lots", "inf", "1e400", "-80GiB", "0"):
+        assert main(["plan", f"--device-memory={bad}"]) == 2
+        assert f"--device-memory {bad!r}: expected a size such as 80GiB" in capsys.readouterr().err
 
 
 def test_export_of_a_non_checkpoint(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "not a polytask checkpoint" in capsys.readouterr().err
+
+
+def test_a_model_folder_replaces_only_an_older_model_folder(tmp_path):
+    from polytask.model import build_model, preset
+    from polytask.weights import save_pretrained
+
+    model = build_model(preset("tiny"), device="cpu")
+    model.init_weights(seed=0)
+    out = tmp_path / "model"
+    save_pretrained(model, out)
+    save_pretrained(model, out)  # a model over a model: replaced whole
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    (out / "notes.txt").write_text("mine")
+    for target in (out, tmp_path):  # a folder with other files in it (a run dir, notes): refused
+        with pytest.raises(PolytaskError, match=r"holds other things \(.*\).* choose a new or empty folder"):
+            save_pretrained(model, target)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").exists()
+    with pytest.raises(PolytaskError, match="a file is in the way"):
+        save_pretrained(model, out / "notes.txt")
 
 
 @needs_data
@@ -272,5 +293,18 @@ def test_peak_is_measured_and_cached(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("POLYTASK_HOME", str(tmp_path))
     assert main(["peak", "--device", "cpu", "--size", "128", "--seconds", "0.2"]) == 0
     assert "GFLOP/s (saved for MFU)" in capsys.readouterr().out
-    assert peak.cached(torch.device("cpu"), torch.float32) > 0
+    good = peak.cached(torch.device("cpu"), torch.float32)
+    assert good > 0
     assert peak.cached(torch.device("cpu"), torch.bfloat16) is None
+    for flags, message in ((["--seconds", "0"], "--seconds 0.0: must be positive"),
+                           (["--size", "0"], "--size 0: use a matrix size of at least 64"),
+                           (["--threads", "-1"], "--threads -1: must be 0")):
+        assert main(["peak", "--device", "cpu", *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert peak.cached(torch.device("cpu"), torch.float32) == good  # a bad run never overwrites it
+
+    (tmp_path / "peak.json").write_text('{"cpu-thr')  # cut short
+    assert peak.cached(torch.device("cpu"), torch.float32) is None  # training goes on without MFU
+    assert "is not a peak table; ignoring it" in capsys.readouterr().err
+    assert main(["peak", "--device", "cpu", "--size", "128", "--seconds", "0.2"]) == 0
+    assert peak.cached(torch.device("cpu"), torch.float32) > 0

@@ -21,6 +21,12 @@ def run(args: argparse.Namespace) -> int:
     from polytask.errors import PolytaskError
     from polytask.train import peak
 
+    if args.size < 64:
+        raise PolytaskError(f"--size {args.size}: use a matrix size of at least 64 (default 2048)")
+    if not args.seconds > 0:
+        raise PolytaskError(f"--seconds {args.seconds}: must be positive (default 2.0)")
+    if args.threads < 0:
+        raise PolytaskError(f"--threads {args.threads}: must be 0 (torch's default) or more")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PolytaskError("--device cuda: no CUDA device is visible")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

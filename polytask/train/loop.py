@@ -114,13 +114,16 @@ def materializer(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device,
             full.update(start_adapter)
         elif cfg.lora.rank:
             full.update(initial_lora_state(model, cfg.model.seed))  # the frozen base above + fresh adapters
-        model.to_empty(device=device)
+        # FSDP2's CPU offload wants the shards made on the CPU (it moves them itself only when
+        # they are filled from real tensors, not from meta); the rope tables are not sharded
+        # and go to the compute device.
+        model.to_empty(device="cpu" if cfg.parallel.cpu_offload else device)
         if model_cfg.tie_embeddings:
             # to_empty replaces each module's parameters one by one, which unties a shared
             # weight (FSDP2 keeps its own ties); tie again before filling.
             model.lm_head.weight = model.model.embed_tokens.weight
         set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=True))
-        model.reset_rope()
+        model.reset_rope(device)
 
     return materialize
 

@@ -7,8 +7,10 @@ count, since a torchrun worker gets one thread (OMP_NUM_THREADS=1) and a lone pr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import sys
 import time
 
 import torch
@@ -32,7 +34,7 @@ def measure(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds:
     best = 0.0
     torch.mm(a, b)  # warm up (kernel selection, page faults)
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    while best == 0.0 or time.perf_counter() < deadline:  # at least one timing
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -48,18 +50,37 @@ def _cache_path():
     return polytask_home() / "peak.json"
 
 
+def _read_table(path) -> dict:
+    """The cached peaks; a file that is not a JSON table (cut short, edited) counts as empty and
+    is rewritten by the next ``save``, with a warning instead of a failed run."""
+    try:
+        table = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError):
+        table = None
+    if not isinstance(table, dict):
+        print(f"polytask: warning: {path} is not a peak table; ignoring it (run `polytask peak` again)",
+              file=sys.stderr)
+        return {}
+    return table
+
+
 def save(key: str, flops: float) -> None:
+    if not flops > 0:
+        raise ValueError(f"a matmul peak must be positive, got {flops}")
     path = _cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = json.loads(path.read_text()) if path.exists() else {}
-    table[key] = flops
-    tmp = path.with_name(f".peak.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=2))
-    tmp.rename(path)
+    # Two `polytask peak` runs at once (fp32 and bf16) must not drop each other's figure.
+    with open(path.with_name(".peak.json.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = _read_table(path)
+        table[key] = flops
+        tmp = path.with_name(f".peak.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=2))
+        tmp.rename(path)
 
 
 def cached(device: torch.device, dtype: torch.dtype) -> float | None:
-    path = _cache_path()
-    if not path.exists():
-        return None
-    return json.loads(path.read_text()).get(device_key(device, dtype))
+    flops = _read_table(_cache_path()).get(device_key(device, dtype))
+    return flops if isinstance(flops, int | float) and flops > 0 else None

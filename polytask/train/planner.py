@@ -12,8 +12,9 @@ eager Llama block keeps for backward, Korthikanti et al. 2022), with and without
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from polytask.model import ModelConfig, build_model
 
@@ -21,10 +22,15 @@ STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 ADAM_STEP_BYTES = 4  # Adam's per-parameter-tensor step counter (a float32 scalar)
 
 
-def param_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+def param_shapes(cfg: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(name, shape) of every distinct parameter, in the model's order (tied weights once)."""
-    model = build_model(cfg, device="meta")
-    return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    return _param_shapes(tuple(asdict(cfg).items()))
+
+
+@functools.cache
+def _param_shapes(fields: tuple) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    model = build_model(ModelConfig(**dict(fields)), device="meta")
+    return tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -38,7 +44,8 @@ def fsdp_shard_numel(shape: tuple[int, ...], n: int, rank: int = 0) -> int:
     return mine * _numel(shape[1:])
 
 
-def zero1_partition(shapes: list[tuple[str, tuple[int, ...]]], n: int) -> list[list[int]]:
+@functools.cache
+def zero1_partition(shapes: tuple[tuple[str, tuple[int, ...]], ...], n: int) -> list[list[int]]:
     """ZeroRedundancyOptimizer's greedy assignment (largest first, to the least loaded rank),
     over the decay group (matrices) then the no-decay group; returns the numels per rank."""
     sizes = [0] * n
@@ -118,9 +125,9 @@ def plan(
     root_params = total_params - cfg.num_layers * block_params
     out = []
     for strategy in STRATEGIES:
-        params, grads, optim = max(
-            (model_state(cfg, strategy, devices, r) for r in range(devices)), key=lambda t: sum(t)
-        )
+        # FSDP's first shard is its largest (ceil-sized chunks); ZeRO-1's greedy partition varies
+        ranks = range(devices) if strategy == "zero1" else [0]
+        params, grads, optim = max((model_state(cfg, strategy, devices, r) for r in ranks), key=lambda t: sum(t))
         if strategy in ("ddp", "zero1"):
             transient = a * total_params if a == 2 else 0  # autocast's bf16 weight copies
         elif strategy == "zero2":
@@ -170,7 +177,10 @@ def parse_bytes(text: str) -> int:
     unit = t[len(num) :]
     if unit not in units:
         raise ValueError(text)
-    return int(float(num) * units[unit])
+    value = float(num) * units[unit]
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(text)
+    return int(value)
 
 
 def fmt_bytes(n: int) -> str:
