@@ -8,6 +8,7 @@ and streaming. Nothing here knows about text: prompts, templates and wording liv
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ import torch
 
 from polytask.errors import PolytaskError
 from polytask.model import KVCache, Llama, can_pack, pack_projections
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
 @dataclass
@@ -31,14 +34,17 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise PolytaskError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise PolytaskError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        # NaN passes every comparison below: finite first
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise PolytaskError(f"temperature must be a number >= 0, got {self.temperature}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise PolytaskError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise PolytaskError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise PolytaskError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise PolytaskError(f"repetition_penalty must be a number > 0, got {self.repetition_penalty}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise PolytaskError(f"seed must be a 64-bit integer ({SEED_MIN} to {SEED_MAX}), got {self.seed}")
 
 
 @dataclass

@@ -215,13 +215,16 @@ class SchedulerConfig:
     max_len: int = 2048  # prompt + completion tokens per request (capped by the model's context)
     timeout_s: float = 120.0  # per request, from submission to its last token
 
+    def check(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 0 or self.max_len < 2 or not self.timeout_s > 0:
+            raise PolytaskError(f"bad scheduler settings {self}: need max_batch >= 1, max_queue >= 0, "
+                                f"max_len >= 2, timeout_s > 0")
+
 
 class Scheduler:
     def __init__(self, engine: Engine, config: SchedulerConfig | None = None) -> None:
         self.config = cfg = config or SchedulerConfig()
-        if cfg.max_batch < 1 or cfg.max_queue < 0 or cfg.max_len < 2 or cfg.timeout_s <= 0:
-            raise PolytaskError(f"bad scheduler settings {cfg}: need max_batch >= 1, max_queue >= 0, "
-                                f"max_len >= 2, timeout_s > 0")
+        cfg.check()
         self.engine = engine
         self.model = engine.model
         self.stop_ids, self.pad_id = engine.stop_ids, engine.pad_id

@@ -121,3 +121,21 @@ def test_generate_json_and_exit_code_as_subprocess(tiny_dir):
     out = json.loads(proc.stdout)
     assert out["completion_tokens"] == len(out["tokens"]) <= 5
     assert out["prompt_tokens"] > 0 and out["seconds"] > 0
+
+
+def test_bad_serve_and_sampling_flags_fail_before_any_model_loads(capsys, monkeypatch):
+    import polytask.serve
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(polytask.serve, "load_state", no_load)
+    for flags, needle in ((["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
+                          (["--max-batch", "0"], "need max_batch >= 1"),
+                          (["--timeout", "0"], "timeout_s > 0")):
+        rc, _, err = run_cli(capsys, "serve", "--model", "tiny", *flags)
+        assert_one_line_error(rc, err, needle)
+    rc, _, err = run_cli(capsys, "generate", "hi", "--model", "tiny", "--temperature", "nan")
+    assert_one_line_error(rc, err, "temperature must be a number >= 0")
+    rc, _, err = run_cli(capsys, "ask", "where?", "--doc", "nowhere.txt", "--max-new-tokens", "0")
+    assert_one_line_error(rc, err, "--max-new-tokens must be >= 1, got 0")

@@ -303,3 +303,21 @@ def test_batched_prompt_lookup_at_the_end_of_the_context_window(tiny_engine, mon
     got = tiny_engine.generate(prompts, params)
     monkeypatch.setattr(tiny_engine, "lookahead", 0)
     assert [c.tokens for c in got] == [c.tokens for c in tiny_engine.generate(prompts, params)]
+
+
+def test_sampling_params_refuse_nan_and_out_of_range_seeds():
+    import math
+
+    from polytask.errors import PolytaskError
+
+    for bad, message in (
+        ({"temperature": math.nan}, "temperature must be a number >= 0"),
+        ({"top_p": math.nan}, "top_p must be in"),
+        ({"repetition_penalty": math.nan}, "repetition_penalty must be a number > 0"),
+        ({"seed": 10**23}, "seed must be a 64-bit integer"),
+        ({"seed": -(2**63) - 1}, "seed must be a 64-bit integer"),
+    ):
+        with pytest.raises(PolytaskError, match=message):
+            SamplingParams(**bad)
+    SamplingParams(seed=2**64 - 1)
+    SamplingParams(seed=-(2**63))

@@ -185,13 +185,19 @@ def test_unsupported_and_unreadable_uploads(served):
     r = client.post("/api/collections/a/documents", headers=auth(keys["a"]),
                     files={"file": ("fake.pdf", b"this is not a pdf at all")})
     assert r.status_code == 400 and r.json()["error"]["message"]
+    r = client.post("/api/collections/a/documents", headers=auth(keys["a"]),
+                    files={"file": ("notes.txt", b"\x00\x01\x02binary\x00" * 50)})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and message.startswith("notes.txt: ") and str(state.uploads_dir) not in message
 
 
 def test_malformed_and_invalid_json_is_422_with_a_message(served):
     client, _, keys, _ = served
     h = auth(keys["a"]) | {"Content-Type": "application/json"}
     r = client.post("/v1/chat/completions", headers=h, content=b'{"model": "default", "messages": [')
-    assert r.status_code == 422 and "malformed JSON" in r.json()["error"]["message"]
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("body: malformed JSON at character")
+    r = client.post("/v1/chat/completions", headers=h, json=chat_body(seed=10**23))  # was a 500
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("seed:")
     r = client.post("/v1/chat/completions", headers=h, json={"model": "default"})
     assert r.status_code == 422 and r.json()["error"]["message"] == "messages: Field required"
     r = client.post("/v1/chat/completions", headers=h, json=chat_body(temperature=5))
@@ -204,6 +210,10 @@ def test_chat_errors_name_the_problem(served):
     client, _, keys, _ = served
     r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(model="gpt-4"))
     assert r.status_code == 404 and "'gpt-4' not found" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(frequency_penalty=0.5))
+    assert r.status_code == 400 and "frequency_penalty: only 0 is supported" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(presence_penalty=0))
+    assert r.status_code == 200  # OpenAI clients' default
     long = chat_body(messages=[{"role": "user", "content": "word " * 600}])
     r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=long)
     assert r.status_code == 400 and "allows 512 per request" in r.json()["error"]["message"]
@@ -220,6 +230,9 @@ def test_stop_strings_cut_the_text(served):
                       json=chat_body(max_tokens=12, temperature=0, stop=stop)).json()
     assert cut["choices"][0]["message"]["content"] == text[: text.find(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
+    empty = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                        json=chat_body(max_tokens=12, temperature=0, stop="")).json()
+    assert empty["choices"][0]["message"]["content"] == text  # an empty stop string stops nothing
     # A temperature too small to divide by is greedy, not a server error.
     tiny = client.post("/v1/chat/completions", headers=auth(keys["a"]),
                        json=chat_body(max_tokens=12, temperature=5e-324)).json()

@@ -29,6 +29,8 @@ def run(args) -> int:
 
     if not args.question.strip():
         raise PolytaskError("the question is empty")
+    if args.max_new_tokens < 1:
+        raise PolytaskError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     with DocStore(args.store) as store:
         resolve_docs(store, args.doc, args.collection)  # a bad file or empty collection fails before the model loads
         lm = LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])

@@ -57,12 +57,18 @@ def run(args) -> int:
         raise PolytaskError(f"--port must be in 1..65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise PolytaskError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if args.max_tokens < 1:
+        raise PolytaskError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if args.kb:
         from polytask.apps.agent import load_kb
 
         load_kb(args.kb)  # a broken knowledge base fails now, with its file and line, not at the first chat
-    sched = SchedulerConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_len=args.max_len,
-                            timeout_s=args.timeout)
+    try:  # checked before the models load, and named as the flags
+        sched = SchedulerConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_len=args.max_len,
+                                timeout_s=args.timeout)
+        sched.check()
+    except PolytaskError as e:
+        raise PolytaskError(f"{e} (flags --max-batch, --max-queue, --max-len, --timeout)") from None
     state = load_state(args.model, args.adapter, DTYPES[args.dtype], args.store, sched,
                        kb_dir=args.kb, max_upload_bytes=int(args.max_upload_mb * 2**20),
                        default_max_tokens=args.max_tokens)

@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from polytask import __version__
-from polytask.engine import SamplingParams
+from polytask.engine import SEED_MAX, SEED_MIN, SamplingParams
 from polytask.errors import PolytaskError
 from polytask.scheduler import QueueFull, RequestTimeout, Scheduler
 from polytask.serve.keys import ApiKey, KeyStore
@@ -74,9 +74,10 @@ def validation_message(exc: RequestValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
         msg = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":
+        if err.get("type") == "json_invalid":  # its loc is the character offset, not a field
             ctx = err.get("ctx", {}).get("error", "")
-            msg = f"malformed JSON ({ctx})" if ctx else "malformed JSON"
+            at = f" at character {where}" if where.isdigit() else ""
+            where, msg = "body", f"malformed JSON{at}" + (f" ({ctx})" if ctx else "")
         parts.append(f"{where}: {msg}")
     return "; ".join(parts) or "invalid request"
 
@@ -166,7 +167,8 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    # Accepted so that OpenAI clients sending their defaults work; only 0 (off) is supported.
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = None
@@ -228,6 +230,9 @@ def create_app(state: ServeState) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key):
         if body.model not in (state.model_id, "default"):
             raise HTTPException(404, f"model {body.model!r} not found; this server has {state.model_id!r}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(body, name):
+                raise PolytaskError(f"{name}: only 0 is supported by this server (it has no such penalty)")
         tok = state.lm.tokenizer
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
@@ -243,7 +248,7 @@ def create_app(state: ServeState) -> FastAPI:
         # 1/vocab), and a smaller one rounds to 0 in fp32, which would drop every token.
         params = SamplingParams(max_new_tokens=min(wanted, room), temperature=temperature,
                                 top_p=max(body.top_p, 1e-6), seed=body.seed)
-        stops = [body.stop] if isinstance(body.stop, str) else [s for s in (body.stop or []) if s]
+        stops = [s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s]  # "" stops nothing
         req = state.scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         texts = TextStream(tok, stops)
@@ -267,6 +272,10 @@ def create_app(state: ServeState) -> FastAPI:
                                 break
                     except RequestTimeout as e:
                         yield "data: " + json.dumps(error_body(504, str(e))) + "\n\n"
+                        yield "data: [DONE]\n\n"
+                        return
+                    except Exception as e:  # the headers are sent: the error goes in the stream
+                        yield "data: " + json.dumps(error_body(500, f"generation failed: {e}")) + "\n\n"
                         yield "data: [DONE]\n\n"
                         return
                     tail = texts.flush()

@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field
 
+from polytask.errors import PolytaskError
 from polytask.serve.app import Key
 from polytask.serve.keys import COLLECTION_NAME, ApiKey
 from polytask.serve.records import display_name, upload_path
@@ -100,12 +101,14 @@ def add_app_routes(app: FastAPI, state) -> None:
         try:
             with open_store() as db:
                 result = db.add(dest, collection, max_bytes=state.max_upload_bytes)
-        except BaseException:
+        except BaseException as e:
             # The store is unchanged (one transaction); put the file back as it was.
             if previous is None:
                 dest.unlink(missing_ok=True)
             else:
                 dest.write_bytes(previous)
+            if isinstance(e, PolytaskError):  # about the file: name it as the client did, not by our path
+                raise PolytaskError(str(e).replace(str(dest), name)) from None
             raise
         state.records.add_upload(dest, collection, name, len(data))
         return {"id": result.doc_id, "name": name, "status": result.status, "passages": result.passages}
