@@ -108,3 +108,28 @@ def test_out_of_scope_message_is_not_answered(db):
     assert all(name in agent.kb.intents for name, _ in turn.candidates)
     assert agent.respond("tell me a joke please").action == "handoff"
     assert Agent(KB, store=db).respond("where is my order").action == "answer"
+
+
+def test_asking_for_a_person_in_the_ways_customers_do_and_not_otherwise():
+    from polytask.apps.agent import ASKS_FOR_PERSON
+
+    asks = ["Can I speak with someone?", "Let me talk to somebody", "I want a manager", "agent please", "Operator!",
+            "I'd like to speak to a human", "put me through to an agent", "Can you transfer me?", "real person please"]
+    other = ["Can I add a person to my order?", "Is this safe for a human head?", "Who is the operator of the courier?",
+             "My manager approved it", "the agent at the store was rude", "Does it need a human to assemble it?"]
+    assert [m for m in asks if not ASKS_FOR_PERSON.search(m)] == []
+    assert [m for m in other if ASKS_FOR_PERSON.search(m)] == []
+
+
+def test_one_topic_knowledge_base_clarifies_with_its_one_topic(tmp_path, db):
+    kb = _broken_kb(tmp_path, "intents:\n  hours:\n    title: opening hours\n    examples: [when are you open, "
+                              "what are your opening hours]\n    answer: 9 to 5.\n"
+                              "out_of_scope: [tell me a joke, what is the weather]\n")
+    turn = Agent(kb, store=db).respond("tell me a joke about the weather")  # was a ValueError
+    assert turn.action == "clarify" and "about opening hours?" in turn.text and len(turn.candidates) == 1
+
+
+def test_article_section_must_exist(tmp_path):
+    kb = _broken_kb(tmp_path, "intents:\n  a:\n    examples: [hi]\n    article: shipping.md#Trackng\n")
+    with pytest.raises(PolytaskError, match=r"no section 'Trackng' \(sections: .*Tracking your order"):
+        load_kb(kb)

@@ -67,3 +67,12 @@ def test_bad_input(tmp_path):
     (tmp_path / "e.md").write_text("")
     with pytest.raises(PolytaskError, match="empty"):
         summarize(tmp_path / "e.md", lm=object())
+
+
+def test_a_block_longer_than_a_prompt_is_split_not_cut():
+    from polytask.apps.summarize import _groups
+
+    block = " ".join(f"word{i}" for i in range(3000))  # about 26,000 characters, no sentence break
+    groups = _groups([block, "A short tail."], 4000)
+    assert all(len(g) <= 4000 for g in groups) and len(groups) >= 7
+    assert " ".join(" ".join(groups).split()) == " ".join(f"{block} A short tail.".split())  # nothing dropped

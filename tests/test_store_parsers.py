@@ -107,3 +107,18 @@ def test_encrypted_pdf(tmp_path):
     w.encrypt(user_password="s3cret", algorithm="RC4-128")
     w.write(tmp_path / "locked.pdf")
     _bad(tmp_path / "locked.pdf", "encrypted")
+
+
+def test_utf16_text_html_line_breaks_and_mail_encodings(tmp_path):
+    utf16 = tmp_path / "notes.txt"
+    utf16.write_bytes("Café opens at nine. Ünïcode survives.".encode("utf-16"))  # with its byte-order mark
+    assert "Café opens at nine." in parse_file(utf16).text
+    page = tmp_path / "mail.html"
+    page.write_text("<html><body><p>Hi Sam,<br>Could you send it?<br/>Thanks,<br>Jordan</p></body></html>")
+    assert "Hi Sam, Could you send it? Thanks, Jordan" in parse_file(page).text  # was "Hi Sam,Could ... it?Thanks"
+    eml = tmp_path / "bom.eml"
+    eml.write_bytes(b"\xef\xbb\xbf" + (SAMPLES / "meeting_request.eml").read_bytes())
+    assert read_email(eml).subject == "Project review next Tuesday?"
+    pasted = tmp_path / "pasted.txt"
+    pasted.write_text("From: Ana <ana@example.com>\nSubject: Demain\n\nCafé à 10h? Merci, Zoë", encoding="utf-8")
+    assert read_email(pasted).body == "Café à 10h? Merci, Zoë"

@@ -41,9 +41,19 @@ from polytask.store import DocStore
 from polytask.store.parsers import parse_file
 from polytask.store.text import sentence_spans
 
+# Asking for a person, in the ways customers put it ("can I speak with someone", "agent please",
+# "I want a manager"); a person as the object of something else ("add a person to my order", "the
+# operator of the courier", "safe for a human head") is not a request for one.
+_PERSON = (
+    r"(?:someone|somebody|anyone|anybody|an? (?:real |live )?(?:person|human|agent|representative|manager|supervisor"
+    r"|operator|advisor|adviser)|(?:your )?(?:manager|supervisor)|a human being)"
+)
 ASKS_FOR_PERSON = re.compile(
-    r"\b(?:human|real person|a person|someone real|live agent|an agent|representative|operator|speak to (?:someone|a)|"
-    r"talk to (?:someone|a))\b", re.I)
+    rf"\b(?:(?:speak|talk|chat)(?:ing)? (?:to|with) {_PERSON}|(?:get|give|put) me (?:through to )?{_PERSON}"
+    rf"|(?:want|need|like|request) (?:to (?:speak|talk) (?:to|with) )?{_PERSON}(?! to\b)"
+    r"|(?:real|live) (?:person|human|agent)|human agent|customer service rep(?:resentative)?"
+    r"|(?:human|agent|representative|operator|manager),? please|transfer me|escalate)\b"
+    r"|^\W*(?:an? )?(?:human|agent|representative|operator|person|manager)(?: please)?\W*$", re.I)
 ORDINALS = {"first": 0, "1": 0, "one": 0, "former": 0, "second": 1, "2": 1, "two": 1, "latter": 1}
 
 
@@ -114,6 +124,11 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
             section = section or None
             if not (folder / article).is_file():
                 raise PolytaskError(f"{where}: article {article!r} not found in {folder}")
+            if section is not None:
+                sections = sorted({b.location for b in parse_file(folder / article).blocks if b.location})
+                if section not in sections:
+                    raise PolytaskError(f"{where}: article {article!r} has no section {section!r} "
+                                        f"(sections: {', '.join(sections) or 'none'})")
         needs_human = spec.get("needs_human", False)
         if not isinstance(needs_human, bool):
             raise PolytaskError(f"{where}: needs_human must be true or false")
@@ -195,10 +210,11 @@ class Agent:
         if confidence < self.kb.threshold:
             if self.pending is not None:
                 return self._handoff("not confident after a clarifying question", intent, confidence)
-            a, b = (self.kb.intents[name].title for name, _ in ranked[:2])
-            self.pending = (message, ranked[:2])
-            return Turn(f"I want to be sure I understand. Is your question about {a}, or about {b}? "
-                        "You can also ask for a person.", "clarify", intent, confidence, candidates=ranked[:2])
+            options = ranked[:2]  # a knowledge base of one topic offers one
+            about = " or about ".join(self.kb.intents[name].title for name, _ in options)
+            self.pending = (message, options)
+            return Turn(f"I want to be sure I understand. Is your question about {about}? "
+                        "You can also ask for a person.", "clarify", intent, confidence, candidates=options)
         self.pending = None
         spec = self.kb.intents[intent]
         if spec.needs_human:

@@ -66,13 +66,27 @@ def _generate(lm, instruction: str, texts: list[str], max_new_tokens: int) -> li
     return [complete_sentences(PREAMBLE.sub("", o.strip()).strip()) for o in out]
 
 
+def _split_long(piece: str, chunk_chars: int) -> list[str]:
+    """A piece longer than a prompt's share (a block without sentence breaks), in pieces that fit,
+    cut at spaces where there are any: summarized, not dropped."""
+    if len(piece) <= chunk_chars:
+        return [piece]
+    out = []
+    while len(piece) > chunk_chars:
+        cut = piece.rfind(" ", chunk_chars // 2, chunk_chars)
+        cut = cut if cut > 0 else chunk_chars
+        out.append(piece[:cut].strip())
+        piece = piece[cut:].strip()
+    return [*out, piece] if piece else out
+
+
 def _groups(pieces: list[str], chunk_chars: int) -> list[str]:
     groups: list[str] = []
-    for p in pieces:
+    for p in (part for piece in pieces for part in _split_long(piece, chunk_chars)):
         if groups and len(groups[-1]) + len(p) + 2 <= chunk_chars:
             groups[-1] += "\n\n" + p
         else:
-            groups.append(p[:chunk_chars])
+            groups.append(p)
     return groups
 
 

@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from polytask.apps.reply import INTENTS, needs_reply, reply
+    from polytask.apps.reply import INTENTS, automated, reply
     from polytask.cliutil import DTYPES
     from polytask.errors import PolytaskError
     from polytask.store import read_email
@@ -27,9 +27,11 @@ def run(args) -> int:
         raise PolytaskError(f"-n must be between 1 and {len(INTENTS)} (one reply per intent), got {args.n}")
     mail = read_email(args.email)  # a bad file fails before the model loads
     lm = None
-    if args.always or needs_reply(mail)[0]:
+    if args.always or not automated(mail):  # an automated message is settled without a model
         from polytask.runtime import LM
 
+        # reply() judges the sentences with the model: it must be the one asked for (--model,
+        # --adapter, --dtype), also when the rules alone would have said no reply is needed.
         lm = LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
     r = reply(mail, args.n, lm=lm, always=args.always)
     if args.json:

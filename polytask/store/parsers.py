@@ -87,7 +87,9 @@ def sniff(head: bytes) -> str:
         return "pdf"
     if head[:4] == b"PK\x03\x04":
         return "zip"
-    if b"\x00" in head[:8192] and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "text"  # UTF-16 with its byte-order mark: half its bytes are NUL
+    if b"\x00" in head[:8192]:
         return "binary"
     controls = sum(1 for b in head[:8192] if b < 9 or 13 < b < 32)
     return "binary" if controls > 0.05 * max(1, min(len(head), 8192)) else "text"
@@ -207,6 +209,8 @@ def html_to_doc(html: str, title_fallback: str) -> ParsedDoc:
 
     soup = BeautifulSoup(html, "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for br in soup.find_all("br"):  # a line break, not nothing: "Hi Sam,<br>Could you" is two lines
+        br.replace_with("\n")
     for tag in soup(["script", "style", "noscript", "template", "head"]):
         tag.decompose()
     b = _Builder()
@@ -298,6 +302,7 @@ HEADER_LINE = re.compile(rb"^[!-9;-~]+:[ \t]?")
 
 def parse_email(data: bytes, path: Path) -> Email:
     """RFC 5322 message -> Email. A message must start with header lines and have a sender or subject."""
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark some mail clients write
     first = data.lstrip(b"\r\n").split(b"\n", 1)[0]
     if not HEADER_LINE.match(first) and not first.startswith(b"From "):
         raise PolytaskError(f"{path}: malformed e-mail: it does not start with header lines ('From:', 'Subject:')")
@@ -327,6 +332,11 @@ def parse_email(data: bytes, path: Path) -> Email:
 def email_from_text(text: str, path: Path) -> Email:
     """A pasted message (.txt): optional 'Header: value' lines, then the body."""
     if HEADER_LINE.match(text.lstrip().encode()) and re.match(r"\s*(from|to|subject|date):", text, re.I):
+        # Declared UTF-8 (the text was decoded as such), so the body's accents survive the parse;
+        # the message's own Content-Type, if it has one, comes first and wins.
+        head, sep, body = text.partition("\n\n")
+        if not re.search(r"^content-type:", head, re.I | re.M):
+            text = head + "\nContent-Type: text/plain; charset=utf-8" + sep + body
         return parse_email(text.encode(), path)
     return Email("", "", "", "", text.strip(), {})
 
