@@ -74,8 +74,10 @@ def evaluate(
         else:
             predictions = generate_predictions(lm, task, examples, batch_size, max_new_tokens, bar)
     seconds = time.perf_counter() - started
+    # A metric with no examples to measure (no out-of-scope one in a small --limit) is NaN: null
+    # in the JSON (a bare NaN is not JSON), "n/a" when printed.
     metrics = {
-        k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
+        k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v
         for k, v in task.score(predictions, examples).items()
     }
     result = {

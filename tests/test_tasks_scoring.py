@@ -54,6 +54,31 @@ def test_clinc150_score_in_scope_and_oos(tmp_path):
     assert s["in_scope_accuracy"] == 50.0 and s["oos_recall"] == 100.0 and s["accuracy"] == 75.0
 
 
+def test_banking77_labels_that_normalize_differently_can_be_scored(tmp_path):
+    t = get_task("banking77", data_root=tmp_path)
+    gold = ["Refund_not_showing_up", "reverted_card_payment?", "card_arrival"]  # as in BANKING77's test.csv
+    examples = [Example(str(i), {"text": ""}, g) for i, g in enumerate(gold)]
+    assert t.score(gold, examples)["accuracy"] == 100.0  # was 33.3: the gold side was not normalized
+
+
+def test_a_metric_with_nothing_to_measure_is_null_in_json(tmp_path, monkeypatch):
+    import json
+
+    from polytask import evaluate as ev
+
+    t = get_task("clinc150", data_root=tmp_path)
+    examples = [Example("1", {"text": "x"}, "translate")]  # no out-of-scope example: nothing for oos_recall
+    monkeypatch.setattr(t, "read", lambda split: examples)
+    monkeypatch.setattr(ev, "generate_predictions", lambda *a, **k: ["translate"])
+
+    class LM:
+        name, adapter = "m", None
+
+    result, _ = ev.evaluate(LM(), t, progress=False)
+    assert result["metrics"]["oos_recall"] is None and result["metrics"]["in_scope_accuracy"] == 100.0
+    json.dumps(result, allow_nan=False)  # was a bare NaN, which is not JSON
+
+
 def test_email_intent_accuracy_and_f1(tmp_path):
     t = get_task("email_intent", data_root=tmp_path)
     examples = [Example(str(i), {"text": ""}, lab) for i, lab in enumerate(["Yes", "Yes", "No", "No"])]

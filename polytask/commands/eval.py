@@ -59,7 +59,7 @@ def run(args) -> int:
     task.read(args.split)  # a missing dataset or split fails before the model loads
     lm = load_lm(args)
     result, records = evaluate(lm, task, args.split, args.limit, args.batch_size, args.max_new_tokens)
-    text = json.dumps(result, indent=2, ensure_ascii=False)
+    text = json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False)
     if args.out:
         _write_atomic(args.out, text + "\n")
     if args.predictions:
@@ -70,6 +70,7 @@ def run(args) -> int:
         label = result["model"] + (f" + {result['adapter']}" if result["adapter"] else "")
         print(f"{result['task']} [{result['split']}, n={result['n']}, data {result['data_hash']}] {label}")
         for k, v in result["metrics"].items():
-            print(f"  {k:20s} {v:.2f}" if isinstance(v, float) else f"  {k:20s} {v}")
+            shown = "n/a (no such examples)" if v is None else f"{v:.2f}" if isinstance(v, float) else v
+            print(f"  {k:20s} {shown}")
         print(f"  ({result['seconds']:.0f} s)", file=sys.stderr)
     return 0

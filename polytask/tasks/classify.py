@@ -39,7 +39,9 @@ class IntentTask(Task):
         ], ex.target
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        correct = [normalize_label(p) == ex.target for p, ex in zip(predictions, examples, strict=True)]
+        # both sides normalized: BANKING77 has labels like "Refund_not_showing_up" and "reverted_card_payment?"
+        pairs = zip(predictions, examples, strict=True)
+        correct = [normalize_label(p) == normalize_label(ex.target) for p, ex in pairs]
         return {"accuracy": accuracy(correct)}
 
 

@@ -82,7 +82,9 @@ class CnnDm(RougeTask):
 
 class Aeslc(RougeTask):
     """AESLC: Enron email body -> subject line. ``val``/``test`` are scored against the three human
-    annotations (ann0..ann2, best ROUGE-L); training uses the original subject."""
+    annotations (ann0..ann2): rouge-score's ``score_multi`` takes the best annotation for each ROUGE
+    type separately (R-1, R-2 and R-L may come from different annotators); training uses the
+    original subject."""
 
     name = "aeslc"
     folder = "aeslc"
