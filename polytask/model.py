@@ -61,16 +61,11 @@ class ModelConfig:
         emb = self.vocab_size * self.dim
         return emb * (1 if self.tie_embeddings else 2) + self.num_layers * per_layer + self.dim
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·d·T."""
-        n = self.num_params() - self.vocab_size * self.dim * (0 if self.tie_embeddings else 1)
-        return 6 * n + 12 * self.num_layers * self.num_heads * self.head_dim * seq_len
-
 
 def training_flops(model: nn.Module, seq_len: int) -> tuple[float, float]:
     """What a training step of ``model`` computes: (FLOPs per token, FLOPs per token given logits).
 
-    PaLM's 6N + 12·L·d·T (``ModelConfig.flops_per_token``) counts the head for every token and a
+    PaLM's 6N + 12·L·d·T (appendix B) counts the head for every token and a
     weight gradient for every weight. polytask's steps skip both where they can, and MFU must
     not count work that is not done: the head runs only where a target is (answers, not
     prompts), and a frozen weight (the base model under LoRA) gets no gradient. So each matrix

@@ -114,9 +114,13 @@ def test_asking_for_a_person_in_the_ways_customers_do_and_not_otherwise():
     from polytask.apps.agent import ASKS_FOR_PERSON
 
     asks = ["Can I speak with someone?", "Let me talk to somebody", "I want a manager", "agent please", "Operator!",
-            "I'd like to speak to a human", "put me through to an agent", "Can you transfer me?", "real person please"]
+            "I'd like to speak to a human", "put me through to an agent", "Can you transfer me to a person?",
+            "real person please", "Can I get a human?", "Connect me to an agent", "Is there a human I can talk to?",
+            "Can I have a person?"]
     other = ["Can I add a person to my order?", "Is this safe for a human head?", "Who is the operator of the courier?",
-             "My manager approved it", "the agent at the store was rude", "Does it need a human to assemble it?"]
+             "My manager approved it", "the agent at the store was rude", "Does it need a human to assemble it?",
+             "It looks like someone used my card", "Can you transfer me the money?", "will the delay escalate?",
+             "Can I have someone else pick it up?"]
     assert [m for m in asks if not ASKS_FOR_PERSON.search(m)] == []
     assert [m for m in other if ASKS_FOR_PERSON.search(m)] == []
 

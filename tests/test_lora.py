@@ -82,8 +82,11 @@ def test_training_flops_count_no_head_without_targets_and_no_gradient_for_frozen
     for name in ("tiny", "tiny-untied"):
         cfg = preset(name)
         per_token, per_target = training_flops(build_model(cfg, device="meta"), 64)
-        norms = 6 * (2 * cfg.num_layers + 1) * cfg.dim  # PaLM's 6N counts the norms' weights too
-        assert per_token + per_target + norms == cfg.flops_per_token(64)  # all train, every token a target
+        # PaLM (appendix B): 6N + 12·L·d·T, N without the embedding lookup, with the norms' weights
+        n = cfg.num_params() - cfg.vocab_size * cfg.dim * (0 if cfg.tie_embeddings else 1)
+        palm = 6 * n + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 64
+        norms = 6 * (2 * cfg.num_layers + 1) * cfg.dim
+        assert per_token + per_target + norms == palm  # everything trains, every token a target
         assert per_target == 6 * cfg.vocab_size * cfg.dim
 
     cfg = preset("tiny")

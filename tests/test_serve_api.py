@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -326,3 +327,26 @@ def test_shipped_adapter_serves_ask_and_replies_only(tmp_path):
         assert state.model_id == "polytask-default" and state.task_lm.engine is not state.scheduler
     finally:
         state.close()
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done(served, monkeypatch):
+    client, state, keys, _ = served
+
+    class Failing:
+        finish_reason = None
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            raise RuntimeError("/secret/server/path exploded")
+
+        def cancel(self):
+            pass
+
+    monkeypatch.setattr(state.scheduler, "submit", lambda *a, **k: Failing())
+    r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(stream=True))
+    events = [line.removeprefix("data: ") for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == 500 and error["message"] == "generation failed (RuntimeError)"  # no server detail

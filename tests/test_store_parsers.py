@@ -122,3 +122,5 @@ def test_utf16_text_html_line_breaks_and_mail_encodings(tmp_path):
     pasted = tmp_path / "pasted.txt"
     pasted.write_text("From: Ana <ana@example.com>\nSubject: Demain\n\nCafé à 10h? Merci, Zoë", encoding="utf-8")
     assert read_email(pasted).body == "Café à 10h? Merci, Zoë"
+    pasted.write_bytes("From: Ana <ana@example.com>\r\nSubject: Demain\r\n\r\nCafé à 10h?".encode())  # Windows
+    assert read_email(pasted).body == "Café à 10h?" and read_email(pasted).subject == "Demain"

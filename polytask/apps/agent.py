@@ -49,10 +49,12 @@ _PERSON = (
     r"|operator|advisor|adviser)|(?:your )?(?:manager|supervisor)|a human being)"
 )
 ASKS_FOR_PERSON = re.compile(
-    rf"\b(?:(?:speak|talk|chat)(?:ing)? (?:to|with) {_PERSON}|(?:get|give|put) me (?:through to )?{_PERSON}"
-    rf"|(?:want|need|like|request) (?:to (?:speak|talk) (?:to|with) )?{_PERSON}(?! to\b)"
+    rf"\b(?:(?:speak|talk|chat)(?:ing)? (?:to|with) {_PERSON}"
+    rf"|(?:get|give|put|connect) me (?:through )?(?:to )?{_PERSON}"
+    rf"|(?:want|need|(?:would|'d) like|request|get|have) (?:to (?:speak|talk) (?:to|with) )?{_PERSON}(?! to\b| else\b)"
+    rf"|(?:is|are) there {_PERSON} I can (?:speak|talk)"
     r"|(?:real|live) (?:person|human|agent)|human agent|customer service rep(?:resentative)?"
-    r"|(?:human|agent|representative|operator|manager),? please|transfer me|escalate)\b"
+    r"|(?:human|agent|representative|operator|manager),? please|transfer me to|escalate (?:this|it|me) to)\b"
     r"|^\W*(?:an? )?(?:human|agent|representative|operator|person|manager)(?: please)?\W*$", re.I)
 ORDINALS = {"first": 0, "1": 0, "one": 0, "former": 0, "second": 1, "2": 1, "two": 1, "latter": 1}
 

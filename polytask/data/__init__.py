@@ -80,7 +80,7 @@ class DataConfig:
         return out
 
 
-# Splits training may read: "train", and "all" for tasks over your own files (text, docs, jsonl),
+# Splits training may read: "train", and "all" for the tasks over your own folders (text, docs),
 # where it means every file with nothing held out. The others hold evaluation data.
 TRAINING_SPLITS = ("train", "all")
 
@@ -89,7 +89,7 @@ def check_training_table(where: str, table: dict[str, Any]) -> None:
     split, cap = table.get("split"), table.get("max_examples")
     if split not in TRAINING_SPLITS:
         raise PolytaskError(
-            f"{where}.split = {split!r}: training reads train splits only (or \"all\" of your own files); "
+            f"{where}.split = {split!r}: training reads train splits only (or \"all\" of your own text/docs folder); "
             f"held-out splits are for polytask eval --split"
         )
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):

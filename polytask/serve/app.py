@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from polytask.serve.metrics import Metrics
 from polytask.serve.records import Records
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("polytask.serve")
 
 
 @dataclass
@@ -275,7 +277,8 @@ def create_app(state: ServeState) -> FastAPI:
                         yield "data: [DONE]\n\n"
                         return
                     except Exception as e:  # the headers are sent: the error goes in the stream
-                        yield "data: " + json.dumps(error_body(500, f"generation failed: {e}")) + "\n\n"
+                        log.exception("generation failed in a stream")
+                        yield "data: " + json.dumps(error_body(500, f"generation failed ({type(e).__name__})")) + "\n\n"
                         yield "data: [DONE]\n\n"
                         return
                     tail = texts.flush()

@@ -334,6 +334,7 @@ def email_from_text(text: str, path: Path) -> Email:
     if HEADER_LINE.match(text.lstrip().encode()) and re.match(r"\s*(from|to|subject|date):", text, re.I):
         # Declared UTF-8 (the text was decoded as such), so the body's accents survive the parse;
         # the message's own Content-Type, if it has one, comes first and wins.
+        text = text.replace("\r\n", "\n")
         head, sep, body = text.partition("\n\n")
         if not re.search(r"^content-type:", head, re.I | re.M):
             text = head + "\nContent-Type: text/plain; charset=utf-8" + sep + body

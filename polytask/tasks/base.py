@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 from polytask.errors import PolytaskError
 
@@ -157,7 +157,7 @@ def examples_hash(examples: list[Example]) -> str:
     return h.hexdigest()[:16]
 
 
-def open_text(path: Path, **kwargs):
+def open_text(path: Path, **kwargs) -> TextIO:
     """``open(path)`` for reading, with a missing file as one clear error."""
     try:
         return open(path, encoding="utf-8", **kwargs)

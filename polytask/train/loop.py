@@ -221,7 +221,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
                 f"set --optim.steps higher to train further"
             )
             return {}
-        _note_schedule_change(saved, cfg)
     tokenizer = Tokenizer(resolve_model_dir(cfg.model.init_from or cfg.model.tokenizer))
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise PolytaskError(
@@ -256,6 +255,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         if saved["world_size"] == world:
             torch.set_rng_state(saved["rng"][rank])
         _rank0_print(f"polytask train: resumed from {resume_from} at step {start_step}")
+        _note_schedule_change(saved, cfg)  # once the resume is sure to go on
     # Written once everything above is checked and loaded: a start that fails leaves the folder
     # as it was (a refused resume keeps its config; a refused first start leaves no "other run").
     dist.barrier()

@@ -60,8 +60,9 @@ def _read_table(path) -> dict:
     except (ValueError, UnicodeDecodeError):
         table = None
     if not isinstance(table, dict):
-        print(f"polytask: warning: {path} is not a peak table; ignoring it (run `polytask peak` again)",
-              file=sys.stderr)
+        if not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):  # once per job
+            print(f"polytask: warning: {path} is not a peak table; ignoring it (run `polytask peak` again)",
+                  file=sys.stderr)
         return {}
     return table
 
