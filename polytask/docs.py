@@ -12,7 +12,8 @@ Deduplication, on whole documents, first in path order wins:
 - exact: the same cleaned text (case and whitespace folded);
 - near: MinHash (Broder 1997) over word 5-shingles with LSH banding to find candidates, then
   the exact Jaccard similarity of the shingle sets >= ``near_dup_threshold`` (0.8 by default).
-Repeated chunks across documents (footers, disclaimers) are dropped as exact duplicates.
+Repeated chunks across documents (footers, disclaimers) are dropped as exact duplicates, and the
+held-out split leaves out any chunk that also occurs in a training document.
 
 The held-out split is by document: documents are ranked by a hash of their path relative to the
 folder and the first ``test_fraction`` of them (at least one when there are two or more) are
@@ -196,11 +197,16 @@ def split_documents(docs: list[Document], test_fraction: float) -> tuple[list[Do
     return [d for d in docs if d.path not in test], [d for d in docs if d.path in test]
 
 
-def chunk_documents(docs: list[Document], chunk_chars: int) -> list[tuple[str, str]]:
-    """(id, text) chunks at paragraph boundaries; a chunk repeated across documents is kept once."""
+def chunk_documents(
+    docs: list[Document], chunk_chars: int, exclude: list[Document] = ()
+) -> list[tuple[str, str]]:
+    """(id, text) chunks at paragraph boundaries; a chunk repeated across documents is kept once,
+    and a chunk that also occurs in ``exclude`` (the training documents, for the held-out split)
+    is left out: a footer trained on must not count as held-out text."""
     from polytask.tasks.generic import chunk_text
 
-    out, seen = [], set()
+    out = []
+    seen = {_fold(chunk) for doc in exclude for chunk in chunk_text(doc.text, chunk_chars)}
     for doc in docs:
         for i, chunk in enumerate(chunk_text(doc.text, chunk_chars)):
             key = _fold(chunk)

@@ -158,10 +158,11 @@ class Engine:
         cache = KVCache(self.model.config, batch, cache_len, self.dtype, self.device)
         padded = mask is not None
         seen = tokens.clone() if params.repetition_penalty != 1.0 else None
+        exempt = self.unpenalized(stops)
         logits = self.model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)[:, -1]
         done = torch.zeros(batch, dtype=torch.bool)
         for step in range(cache_len - longest):
-            nxt = self._sample(logits.float(), params, gen, seen)
+            nxt = self._sample(logits.float(), params, gen, seen, exempt)
             finished_now = torch.isin(nxt, stops) & ~done
             out = nxt.tolist()
             yield [None if (d or f) else t for t, d, f in zip(out, done.tolist(), finished_now.tolist(), strict=True)]
@@ -315,16 +316,29 @@ class Engine:
                         emit(i, nxt[i])
         return results
 
+    def unpenalized(self, stops: torch.Tensor) -> torch.Tensor:
+        """Token ids the repetition penalty leaves alone: the stop tokens, which every chat prompt
+        holds (its template's end-of-turn) and which must stay free to end the reply, and the
+        padding of a batch's shorter rows."""
+        return torch.unique(torch.cat([stops, torch.tensor([self.pad_id])]))
+
     @staticmethod
     def _sample(
-        logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None, seen: torch.Tensor | None
+        logits: torch.Tensor,
+        params: SamplingParams,
+        gen: torch.Generator | None,
+        seen: torch.Tensor | None,
+        exempt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # logits: (batch, vocab) fp32
         if seen is not None:
             prev = logits.gather(1, seen)
-            logits = logits.scatter(
+            penalized = logits.scatter(
                 1, seen, torch.where(prev > 0, prev / params.repetition_penalty, prev * params.repetition_penalty)
             )
+            if exempt is not None:
+                penalized[:, exempt] = logits[:, exempt]
+            logits = penalized
         if params.temperature == 0:
             return logits.argmax(dim=-1)
         logits = logits / params.temperature

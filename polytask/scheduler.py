@@ -405,7 +405,11 @@ class Scheduler:
             self.lengths.append(n)
 
     def _sample_row(self, req: Request, logits: torch.Tensor) -> int:
-        return int(Engine._sample(logits.float(), req.params, req.generator, req.seen)[0])
+        exempt = None
+        if req.seen is not None:
+            stops = req.params.stop_ids if req.params.stop_ids is not None else self.stop_ids
+            exempt = self.engine.unpenalized(torch.tensor(stops, dtype=torch.long))
+        return int(Engine._sample(logits.float(), req.params, req.generator, req.seen, exempt)[0])
 
     def _accept(self, req: Request, token: int, length: int) -> bool:
         """Emit ``token`` for a request whose cache holds ``length`` keys; False when it is finished."""

@@ -95,7 +95,12 @@ def tokens_per_word(texts: list[str], hf_tokenizer) -> float:
 
 
 def with_terms(hf_tokenizer, terms: list[str]):
-    """A copy of ``hf_tokenizer`` with ``terms`` added; returns (tokenizer, {term: (new id, old piece ids)})."""
+    """A copy of ``hf_tokenizer`` with ``terms`` added; returns (tokenizer, {term: (new id, old piece ids)}).
+
+    Added tokens match before BPE, with no word boundary on their right: a term is also taken as
+    the start of a longer word (" Kube" in " Kubernetes" gives " Kube" + "r" + "netes"). Add the
+    longer word as a term too when both occur.
+    """
     from tokenizers import AddedToken, Tokenizer
 
     new = Tokenizer.from_str(hf_tokenizer.to_str())

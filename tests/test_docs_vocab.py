@@ -161,6 +161,17 @@ def test_held_out_split_is_by_document_and_stable(doc_folder):
     assert all(len(ex.target) <= 300 for ex in task.read("all"))
 
 
+def test_a_chunk_trained_on_is_not_held_out(tmp_path):
+    footer = "Confidential. Brightpath Bikes Ltd, 1 Spoke Street, Leeds. Do not forward this document."
+    for i in range(10):
+        body = f"Document {i} is about topic {i}: " + " ".join(f"fact{i}_{j}" for j in range(25)) + "."
+        (tmp_path / f"d{i}.txt").write_text(f"{body}\n\n{footer}\n")
+    task = get_task("docs", path=str(tmp_path), chunk_chars=300, test_fraction=0.2)
+    train = {" ".join(ex.target.split()) for ex in task.read("train")}
+    test = [" ".join(ex.target.split()) for ex in task.read("test")]
+    assert footer in train and test and footer not in test and not set(test) & train
+
+
 def test_docs_task_feeds_the_data_layer(doc_folder, default_dir):
     from polytask.data import DataConfig, build_data
     from polytask.tokenizer import Tokenizer

@@ -321,3 +321,20 @@ def test_sampling_params_refuse_nan_and_out_of_range_seeds():
             SamplingParams(**bad)
     SamplingParams(seed=2**64 - 1)
     SamplingParams(seed=-(2**63))
+
+
+def test_repetition_penalty_spares_stop_and_padding_tokens(tiny_engine):
+    # Every chat prompt holds the end-of-turn token, which is also a stop token: penalizing it kept
+    # replies from ending. Padding (a stop id too) must not count as seen in a batch either.
+    stop = tiny_engine.stop_ids[0]
+    logits = torch.zeros(1, 50)
+    logits[0, stop], logits[0, 7] = 5.0, 4.0
+    seen = torch.tensor([[stop, 3]])
+    params = SamplingParams(repetition_penalty=2.0)
+    assert Engine._sample(logits, params, None, seen)[0] == 7  # penalized: the reply could not end
+    exempt = tiny_engine.unpenalized(torch.tensor(tiny_engine.stop_ids))
+    assert Engine._sample(logits, params, None, seen, exempt)[0] == stop
+    prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700], [42]]
+    penalized = SamplingParams(max_new_tokens=8, stop_ids=[], repetition_penalty=50.0)
+    for p, got in zip(prompts, tiny_engine.generate(prompts, penalized), strict=True):
+        assert got.tokens == tiny_engine.generate([p], penalized)[0].tokens

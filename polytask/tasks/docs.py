@@ -50,7 +50,8 @@ class DocsTask(Task):
                 f"task {self.name}: no held-out documents ({len(corpus.documents)} document(s) under "
                 f"{self.opts['path']}; the test split needs at least two documents and test_fraction > 0)"
             )
-        return [Example(cid, {}, text) for cid, text in chunk_documents(docs, self.opts["chunk_chars"])]
+        chunks = chunk_documents(docs, self.opts["chunk_chars"], exclude=train if split == "test" else ())
+        return [Example(cid, {}, text) for cid, text in chunks]
 
     def render(self, ex: Example):
         return "", ex.target
