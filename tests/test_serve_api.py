@@ -350,3 +350,16 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done(served, mo
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["code"] == 500 and error["message"] == "generation failed (RuntimeError)"  # no server detail
+
+
+def test_no_server_path_no_newline_collection_and_long_names_keep_their_type(served):
+    from polytask.serve.keys import check_collection_name
+    from polytask.serve.records import display_name
+
+    client, state, keys, _ = served
+    r = client.post("/api/collections/empty9/ask", headers=auth(keys["admin"]), json={"question": "Who?"})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and "has no documents" in message and str(state.store_path) not in message
+    with pytest.raises(Exception, match="collection"):
+        check_collection_name("a\n")  # looked like "a" in listings
+    assert display_name("z" * 300 + ".txt").endswith(".txt") and len(display_name("z" * 300 + ".txt")) == 200

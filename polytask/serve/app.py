@@ -193,7 +193,10 @@ def create_app(state: ServeState) -> FastAPI:
 
     @app.exception_handler(PolytaskError)
     async def user_error(request: Request, exc: PolytaskError):
-        return JSONResponse(error_body(400, str(exc)), 400)
+        # Clients never see server paths: the store's and the uploads' locations are named, not shown.
+        message = str(exc).replace(str(state.uploads_dir), "the server's uploads")
+        message = message.replace(str(state.store_path), "the server's document store")
+        return JSONResponse(error_body(400, message), 400)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull):

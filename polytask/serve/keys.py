@@ -22,7 +22,7 @@ from pathlib import Path
 from polytask.errors import PolytaskError
 
 KEY_PREFIX = "pt-"
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+COLLECTION_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: no trailing newline
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys(

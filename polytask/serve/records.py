@@ -39,7 +39,10 @@ def display_name(filename: str | None) -> str:
     """A name fit to show: the last path component, no control characters, at most 200 characters."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().strip(".")
-    return name[:200] or "document"
+    if len(name) > 200:  # shortened, its extension kept (the upload's type is read from it)
+        stem, dot, suffix = name.rpartition(".")
+        name = stem[: 199 - len(suffix)] + dot + suffix if dot and len(suffix) <= 10 else name[:200]
+    return name or "document"
 
 
 def upload_path(uploads_dir: Path, collection: str, name: str, suffix: str) -> Path:
