@@ -158,7 +158,7 @@ class Engine:
         cache = KVCache(self.model.config, batch, cache_len, self.dtype, self.device)
         padded = mask is not None
         seen = tokens.clone() if params.repetition_penalty != 1.0 else None
-        exempt = self.unpenalized(stops)
+        exempt = self.unpenalized(stops) if seen is not None else None
         logits = self.model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)[:, -1]
         done = torch.zeros(batch, dtype=torch.bool)
         for step in range(cache_len - longest):

@@ -144,6 +144,7 @@ class Request:
         # sampling state, owned by the scheduler thread
         self.generator: torch.Generator | None = None
         self.seen: torch.Tensor | None = None
+        self.unpenalized: torch.Tensor | None = None  # ids the repetition penalty spares (set with seen)
         self.next_token = 0
 
     # -- producer side (scheduler thread) ---------------------------------------------------------
@@ -393,6 +394,8 @@ class Scheduler:
         ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
         if p.repetition_penalty != 1.0:
             req.seen = ids.clone()
+            stops = p.stop_ids if p.stop_ids is not None else self.stop_ids
+            req.unpenalized = self.engine.unpenalized(torch.tensor(stops, dtype=torch.long))
         n = len(req.prompt)
         prefill = KVCache(self.model.config, 1, n, self.dtype, self.device)
         with self.model_lock:
@@ -405,11 +408,7 @@ class Scheduler:
             self.lengths.append(n)
 
     def _sample_row(self, req: Request, logits: torch.Tensor) -> int:
-        exempt = None
-        if req.seen is not None:
-            stops = req.params.stop_ids if req.params.stop_ids is not None else self.stop_ids
-            exempt = self.engine.unpenalized(torch.tensor(stops, dtype=torch.long))
-        return int(Engine._sample(logits.float(), req.params, req.generator, req.seen, exempt)[0])
+        return int(Engine._sample(logits.float(), req.params, req.generator, req.seen, req.unpenalized)[0])
 
     def _accept(self, req: Request, token: int, length: int) -> bool:
         """Emit ``token`` for a request whose cache holds ``length`` keys; False when it is finished."""

@@ -113,6 +113,7 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
     if not isinstance(data, dict) or not isinstance(data.get("intents"), dict) or not data["intents"]:
         raise PolytaskError(f"{path}: expected a mapping with an 'intents:' mapping of intent names")
     intents = {}
+    sections: dict[str, list[str]] = {}  # article -> its section names, each article parsed once
     for name, spec in data["intents"].items():
         where = f"{path}: intent {name!r}"
         if not isinstance(spec, dict):
@@ -127,10 +128,11 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
             if not (folder / article).is_file():
                 raise PolytaskError(f"{where}: article {article!r} not found in {folder}")
             if section is not None:
-                sections = sorted({b.location for b in parse_file(folder / article).blocks if b.location})
-                if section not in sections:
+                if article not in sections:
+                    sections[article] = sorted({b.location for b in parse_file(folder / article).blocks if b.location})
+                if section not in sections[article]:
                     raise PolytaskError(f"{where}: article {article!r} has no section {section!r} "
-                                        f"(sections: {', '.join(sections) or 'none'})")
+                                        f"(sections: {', '.join(sections[article]) or 'none'})")
         needs_human = spec.get("needs_human", False)
         if not isinstance(needs_human, bool):
             raise PolytaskError(f"{where}: needs_human must be true or false")
