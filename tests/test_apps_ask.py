@@ -99,3 +99,40 @@ def test_ranker_puts_the_answer_sentence_first():
     dates = ["Turing died at his home in Wilmslow.", "Turing died in 1954 in Wilmslow."]
     scores = answer_sentence_scores("When did Turing die?", dates, [0.7, 0.7], [0, 0], set())
     assert scores[1] > scores[0]
+
+
+DEV = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "ask_dev"  # the team's own documents
+
+
+def test_on_topic_question_the_document_cannot_answer_is_declined(store, app_lm):
+    """A policy that does not say: on topic, every word of the question is there, yet no answer
+    (the insurer's name and "all" were the confident wrong answers before the stage-4 adapter)."""
+    for q in ("What is the company's parental leave policy?", "How many employees does the company have?"):
+        a = ask(q, doc=DEV / "travel_policy.md", store=store, lm=app_lm)
+        assert not a.found and a.sources == [] and 0 <= a.confidence <= 1, (q, a.text)
+
+
+def test_the_exception_the_question_names_wins_over_the_general_rule(store, app_lm):
+    a = ask("What is the hotel limit in Paris?", doc=DEV / "travel_policy.md", store=store, lm=app_lm)
+    assert a.found and "240 euros" in a.extract and "Paris" in a.sources[0].quote
+    a = ask("What is the nightly hotel limit?", doc=DEV / "travel_policy.md", store=store, lm=app_lm)
+    assert a.found and "150 euros" in a.extract
+
+
+def test_json_carries_a_confidence(capsys, tmp_path):
+    import json
+
+    from polytask.cli import main
+
+    store = str(tmp_path / "s.sqlite")
+    assert main(["ask", "When was Turing born?", "--doc", str(TURING), "--json", "--store", store]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["found"] and 0.5 <= out["confidence"] <= 1 and out["extract"] == "23 June 1912"
+
+
+def test_named_words_are_the_qualifiers_of_a_question():
+    from polytask.apps.ask import named_words
+
+    assert named_words("What is the hotel limit in Paris?") == {"pari"}
+    assert named_words("How long is the warranty in the United Kingdom after 2020?") == {"unit", "kingdom", "2020"}
+    assert named_words("When was he born?") == set()

@@ -77,3 +77,23 @@ def test_stage3_config_continues_stage2_with_more_of_the_reader():
     rates = mixture_rates(sizes, [t["weight"] for t in tables.values()], cfg.data.mixture_cap,
                           cfg.data.mixture_temperature)
     assert 0.57 < rates[0] < 0.63
+
+
+def test_stage4_config_continues_the_shipped_adapter_with_unanswerable_questions():
+    """``configs/multitask-smollm2-stage4.toml``: the shipped stage-3 adapter's LoRA shape, the
+    tasks of stage 3 plus the two unanswerable forms of squad (its own article without the answer
+    sentences, another article), train splits only, answerable and unanswerable QA both well fed."""
+    stage3 = load_config(CONFIG.with_name("multitask-smollm2-stage3.toml"))
+    cfg = load_config(CONFIG.with_name("multitask-smollm2-stage4.toml"))
+    assert cfg.lora.init_from == "polytask-multitask"
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules) == (
+        stage3.lora.rank, stage3.lora.alpha, stage3.lora.target_modules)
+    tables = cfg.data.task_tables()
+    assert set(tables) == set(stage3.data.task_tables()) | {"squad_removed", "squad_other"}
+    assert all(t["split"] == "train" for t in tables.values())
+    assert (tables["squad_removed"]["context"], tables["squad_other"]["context"]) == ("removed", "other")
+    sizes = [8567, 8580, 8483, 15100, 10003, 8582, 818, 14436, 3657, 3000]  # the order of the config's tables
+    rates = mixture_rates(sizes, [t["weight"] for t in tables.values()], cfg.data.mixture_cap,
+                          cfg.data.mixture_temperature)
+    assert list(tables)[:3] == ["squad_ask", "squad_removed", "squad_other"]
+    assert 0.25 < rates[1] + rates[2] < 0.40 and rates[0] + rates[5] > rates[1] + rates[2]

@@ -106,5 +106,44 @@ def test_squad_sentence_contexts_are_what_ask_shows(tmp_path):
     assert phd.startswith("Turing obtained his PhD from Princeton University in 1938.")
     assert phd.count(".") == 2 and phd.count(". ") == 1  # two sentences
     assert "His adviser there was Alonzo Church." in examples["1-1"].inputs["context"]
-    with pytest.raises(PolytaskError, match="option context must be one of paragraph, sentences"):
+    with pytest.raises(PolytaskError, match="option context must be one of paragraph, sentences, removed, other"):
         get_task("squad", context="article")
+
+
+def test_squad_unanswerable_contexts_hold_no_gold_answer(tmp_path):
+    """context = "removed": the question against its own article without the sentences that hold
+    any of its gold answers (on topic, no answer); "other": against another article. Both have the
+    target "not in the documents" and never contain a gold answer."""
+    import json
+
+    from polytask.tasks.qa import NO_ANSWER
+
+    turing = ["Alan Turing was an English mathematician. He obtained his PhD from Princeton University in 1938.",
+              "His adviser at Princeton University was Alonzo Church. During the war he worked at Bletchley Park."]
+    rome = ["Rome is the capital of Italy. The city was founded, by legend, in 753 BC.",
+            "The Colosseum was completed in 80 AD. It held between 50,000 and 80,000 spectators."]
+
+    def article(title, paragraphs, qas):
+        return {"title": title, "paragraphs": [
+            {"context": c, "qas": [{"id": f"{title}-{i}-{j}", "question": q,
+                                    "answers": [{"text": a, "answer_start": c.index(a)} for a in answers]}
+                                   for j, (q, answers) in enumerate(qa)]}
+            for i, (c, qa) in enumerate(zip(paragraphs, qas, strict=True))]}
+
+    data = {"data": [
+        article("Turing", turing, [[("Where did Turing get his PhD?", ["Princeton University", "Princeton"])], []]),
+        article("Rome", rome, [[("When was Rome founded?", ["753 BC", "in 753 BC"])], []])]}
+    (tmp_path / "squad").mkdir()
+    (tmp_path / "squad" / "dev-v1.1.reconstructed.json").write_text(json.dumps(data))
+    removed = {ex.id: ex for ex in get_task("squad", data_root=tmp_path, context="removed").read("train")}
+    assert sorted(removed) == ["Rome-0-0:removed", "Turing-0-0:removed"]
+    phd = removed["Turing-0-0:removed"]
+    # both sentences naming Princeton (one gold answer each) are gone, the rest of the article stays
+    assert "Princeton" not in phd.inputs["context"] and "Bletchley Park" in phd.inputs["context"]
+    assert phd.target == NO_ANSWER and phd.answers == [NO_ANSWER]
+    other = {ex.id: ex for ex in get_task("squad", data_root=tmp_path, context="other").read("train")}
+    assert "Colosseum" in other["Turing-0-0:other"].inputs["context"] or "Rome" in other["Turing-0-0:other"].inputs[
+        "context"]
+    assert "Turing" in other["Rome-0-0:other"].inputs["context"] or "Princeton" in other["Rome-0-0:other"].inputs[
+        "context"]
+    assert all(ex.target == NO_ANSWER for ex in other.values())

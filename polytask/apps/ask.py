@@ -11,21 +11,34 @@
    best supports the answer (answer-word overlap + its rank), and ``extract`` is the shortest
    span of that sentence that best matches the answer (what SQuAD scores).
 
+4. Decide: every grounded answer gets a ``confidence``, the probability that it is right, from the
+   model and the evidence together (``CONFIDENCE_WEIGHTS``: a logistic model over the model's own
+   probability of declining, its answer's token probability, the context's support, whether the
+   answer is copied word for word, the window, and how much of the question the quoted sentence
+   names), fitted by ``tools/fit_ask_confidence.py`` on SQuAD *train* articles asked with and
+   without their answer sentences.
+
 It says "not in the documents" instead of answering when retrieval finds nothing similar
 (best passage cosine below ``min_cosine``, best sentence support below ``min_support``), when
-the model says so, when the answer's words are not in the retrieved passages (an unsupported,
-probably invented, answer), or, for a sentence of middling support, when the context lacks the
-question's informative words.
+the model says so (the shipped adapter learnt to, on questions whose context lacks the answer:
+configs/multitask-smollm2-stage4.toml), when the answer's words are not in the retrieved
+passages (an unsupported, probably invented, answer), for a sentence of middling support when
+the context lacks the question's informative words, or when the best answer's confidence is
+below ``min_confidence``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from polytask.apps.common import (
     complete_sentences,
@@ -64,6 +77,13 @@ STRONG_SUPPORT = 0.75  # from here: no informative-word check
 # articles: F1 0.654 (1 window), 0.678 (2), 0.685 (3), questions asked of another article still
 # all refused; 2, because a third try adds ~0.3 s to every unanswerable question for one answer.
 WINDOWS = 2
+# How far down the ranked sentences follow_qualifier looks for the one that names the question's qualifier.
+QUALIFIER_SENTENCES = 4
+# The confidence model (see the module's docstring): weights of confidence_features, intercept last.
+CONFIDENCE_FEATURES = ("p_decline", "answer_logprob", "support", "verbatim", "window", "question_coverage")
+CONFIDENCE_WEIGHTS = (-4.0, 1.0, 2.0, 1.0, -0.5, 1.0, -1.0)
+# Below this confidence the answer is not shown (chosen with the weights, on train articles).
+MIN_CONFIDENCE = 0.3
 REFUSALS = re.compile(
     r"not (?:in|mentioned in|stated in|given in|found in) the (?:document|text|passage|context)|"
     r"(?:does|do) not (?:say|mention|contain|state|specify)|no information|i (?:don't|do not) know|"
@@ -91,6 +111,9 @@ class Answer:
     extract: str = ""  # the shortest document span matching the answer ("" when not found)
     sources: list[Source] = field(default_factory=list)
     retrieved: list[dict] = field(default_factory=list)  # the passages used (file, location, offsets, score)
+    # found: the probability that the answer is right; not found: that declining is (1 - the best
+    # rejected answer's confidence, or the model's own probability of declining when it gave none)
+    confidence: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +147,7 @@ def ask(
     min_support: float = MIN_SUPPORT,
     strong_support: float = STRONG_SUPPORT,
     windows: int = WINDOWS,
+    min_confidence: float = MIN_CONFIDENCE,
 ) -> Answer:
     """Answer ``question`` from one document (``doc``, indexed on the fly) or a ``collection``."""
     if not question.strip():
@@ -133,7 +157,7 @@ def ask(
         doc_ids = resolve_docs(db, doc, collection)
         hits = db.search(question, doc_ids, k=top_k)
         return answer_from_hits(question, hits, db, get_lm(lm, model, adapter), context_sentences,
-                                max_new_tokens, min_cosine, min_support, strong_support, windows)
+                                max_new_tokens, min_cosine, min_support, strong_support, windows, min_confidence)
     finally:
         if db is not store:
             db.close()
@@ -148,61 +172,183 @@ def build_prompt(lm, context: str, question: str) -> str:
     return PROMPT.format(context=context, question=question)
 
 
+@dataclass
+class Reading:
+    """What the model made of one context."""
+
+    text: str  # its answer's first line, cleaned
+    declined: bool  # it said the context does not hold the answer
+    p_decline: float  # its probability of starting with the decline ("not in the documents")
+    answer_logprob: float  # mean log-probability of its answer's tokens
+
+
+@dataclass
+class Candidate:
+    """One window's outcome: the grounded answer (None when the model declined or the answer is not
+    grounded in the context) and the confidence features."""
+
+    reading: Reading
+    answer: Answer | None
+    features: list[float]
+
+    @property
+    def confidence(self) -> float:
+        return confidence(self.features) if self.answer is not None else 0.0
+
+
+def confidence(features: list[float]) -> float:
+    z = float(np.dot(features, CONFIDENCE_WEIGHTS[:-1]) + CONFIDENCE_WEIGHTS[-1])
+    return 1.0 / (1.0 + math.exp(-z))
+
+
 def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_sentences: int = 2,
                      max_new_tokens: int = 32, min_cosine: float = 0.15, min_support: float = MIN_SUPPORT,
-                     strong_support: float = STRONG_SUPPORT, windows: int = WINDOWS) -> Answer:
+                     strong_support: float = STRONG_SUPPORT, windows: int = WINDOWS,
+                     min_confidence: float = MIN_CONFIDENCE) -> Answer:
     retrieved = [{"file": h.path, "location": h.location, "page": h.page, "start": h.start, "end": h.end,
                   "score": round(h.score, 5), "cosine": round(h.cosine, 4)} for h in hits]
+    found = candidates(question, hits, db, lm, context_sentences, max_new_tokens, min_cosine, min_support,
+                       strong_support, windows)
+    return decide(question, found, retrieved, min_confidence)
+
+
+def decide(question: str, found: Iterable[Candidate], retrieved: list[dict] | None = None,
+           min_confidence: float = MIN_CONFIDENCE) -> Answer:
+    """The answer of the most confident grounded candidate, the first to reach ``min_confidence``
+    (read lazily: the next window is read only when this one's answer is doubtful), or NOT_FOUND."""
+    best: Candidate | None = None
+    declines = []
+    for cand in found:
+        if cand.answer is None:
+            declines.append(cand.reading.p_decline if cand.reading.declined else 0.5)
+            continue
+        if best is None or cand.confidence > best.confidence:
+            best = cand
+        if best.confidence >= min_confidence:
+            break
+    retrieved = retrieved or []
+    if best is not None and best.confidence >= min_confidence:
+        answer = dataclasses.replace(best.answer, confidence=round(best.confidence, 4), retrieved=retrieved)
+        return answer
+    sure = 1 - best.confidence if best is not None else max(declines, default=1.0)
+    return Answer(question, NOT_FOUND, False, confidence=round(sure, 4), retrieved=retrieved)
+
+
+def candidates(question: str, hits: list[Hit], db: DocStore, lm, context_sentences: int = 2,
+               max_new_tokens: int = 32, min_cosine: float = 0.15, min_support: float = MIN_SUPPORT,
+               strong_support: float = STRONG_SUPPORT, windows: int = WINDOWS) -> Iterator[Candidate]:
+    """The model's reading of each window of context sentences, best sentences first, as long as
+    the documents speak to the question at all (nothing when retrieval finds nothing similar)."""
     if not hits or max(h.cosine for h in hits) < min_cosine:
-        return Answer(question, NOT_FOUND, False, retrieved=retrieved)
+        return
     # The 135M model answers far better from a few sentences than from whole passages, and it leans
-    # on the first one: best first. With the multi-task adapter 3 sentences are barely better than 2
-    # (F1 0.659 vs 0.654 on SQuAD train articles, stage-2 adapter, before the ranker;
-    # benchmarks/apps.py --squad-articles train).
+    # on the first one: best first (EVALUATION.md has the measurements behind 2 sentences).
     ranked = rank_sentences(question, hits, db)
     hits = hits[:3]  # the passages that decide which question words are informative
     for w in range(windows):  # the next sentences when the best ones give no grounded answer
         sentences = ranked[w * context_sentences : (w + 1) * context_sentences]
         if not sentences or max(x[3] for x in sentences) < min_support:
+            return
+        cand = grounded_answer(question, sentences, hits, db, lm, max_new_tokens, strong_support, w)
+        yield follow_qualifier(question, cand, ranked, hits, db, lm, max_new_tokens, strong_support, w)
+
+
+def named_words(question: str) -> set[str]:
+    """The stems of what the question names: capitalized words after its first, and numbers
+    ("the hotel limit in Paris", "the warranty in the United Kingdom", "flights after 2020")."""
+    found = WORD.findall(question)
+    return stems(" ".join(w for i, w in enumerate(found) if w.isdigit() or i > 0 and w[0].isupper()))
+
+
+def follow_qualifier(question: str, cand: Candidate, ranked: list[tuple[Hit, int, int, float]], hits: list[Hit],
+                     db: DocStore, lm, max_new_tokens: int, strong_support: float, window: int) -> Candidate:
+    """A general rule and an exception ("150 euros in most cities. In London, Paris, ... 240 euros"):
+    when the answer's sentence lacks something the question names (and most retrieved passages
+    lack too: the subject of the whole document is no qualifier) while another of the best
+    sentences names it and shares the question's topic, read that sentence alone, and keep its
+    answer when it is grounded there. Alone, because the 135M reader given both sentences still
+    answers from the general rule's wording, whichever comes first."""
+    if cand.answer is None:
+        return cand
+    quote = cand.answer.sources[0]
+    missing = (named_words(question) & informative_words(question, hits)) - stems(quote.quote)
+    if not missing:
+        return cand
+    topic = stems(question) - named_words(question)
+    for sentence in ranked[:QUALIFIER_SENTENCES]:
+        h, s, e, _ = sentence
+        words = stems(db.document_text(h.doc_id)[s:e])
+        if (h.path, s) != (quote.file, quote.start) and missing & words and topic & words:
+            again = grounded_answer(question, [sentence], hits, db, lm, max_new_tokens, strong_support, window)
+            if again.answer is not None and again.answer.sources[0].start == s:
+                return again
             break
-        found = grounded_answer(question, sentences, hits, db, lm, max_new_tokens, strong_support)
-        if found is not None:
-            found.retrieved = retrieved
-            return found
-    return Answer(question, NOT_FOUND, False, retrieved=retrieved)
+    return cand
+
+
+def read_context(lm, context: str, question: str, max_new_tokens: int) -> Reading:
+    """The model's greedy answer from ``context``, with its token probabilities: one more forward
+    over prompt + answer gives the answer's mean log-probability and the probability that the
+    model would have declined instead (the first token of the task's NO_ANSWER)."""
+    from polytask.tasks.qa import NO_ANSWER
+
+    messages = [{"role": "user", "content": build_prompt(lm, context, question)}]
+    prompt = lm.tokenizer.encode_chat(messages)
+    tokens = lm.complete([messages], max_new_tokens=max_new_tokens, temperature=0.0)[0].tokens
+    text = complete_sentences(strip_preamble(first_line(lm.tokenizer.decode(tokens))).strip(" \"'"))
+    ids = torch.tensor([prompt + tokens])
+    keep = torch.zeros(ids.shape, dtype=torch.bool)
+    keep[0, len(prompt) - 1 : len(prompt) - 1 + max(1, len(tokens))] = True  # the positions predicting the answer
+    with torch.inference_mode():
+        logprobs = lm.model(ids, keep=keep).float().log_softmax(-1)  # (answer tokens, vocab)
+    first = {lm.tokenizer.encode(w)[0] for w in (NO_ANSWER, NO_ANSWER.capitalize())}
+    p_decline = float(logprobs[0, sorted(first)].exp().sum())
+    answer_lp = float(logprobs[torch.arange(len(tokens)), tokens].mean()) if tokens else -10.0
+    declined = not text or bool(REFUSALS.search(text))
+    return Reading(text, declined, p_decline, answer_lp)
 
 
 def grounded_answer(question: str, sentences: list[tuple[Hit, int, int, float]], hits: list[Hit], db: DocStore,
-                    lm, max_new_tokens: int, strong_support: float) -> Answer | None:
-    """The model's answer from ``sentences``, with its source, or None when it refuses or the
-    answer is not grounded in them."""
+                    lm, max_new_tokens: int, strong_support: float, window: int = 0) -> Candidate:
+    """The model's answer from ``sentences``, with its source (``answer`` None when it declines or
+    the answer is not grounded in them), and the confidence features."""
     context = " ".join(db.document_text(h.doc_id)[s:e] for h, s, e, _ in sentences)
-    prompt = [{"role": "user", "content": build_prompt(lm, context, question)}]
-    raw = lm.chat(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
-    text = complete_sentences(strip_preamble(first_line(raw)).strip(" \"'"))
-    if not text or REFUSALS.search(text):
-        return None
+    reading = read_context(lm, context, question, max_new_tokens)
+    support = max(x[3] for x in sentences)
+    features = [reading.p_decline, reading.answer_logprob, support, 0.0, float(window), 0.0]
+    if reading.declined:
+        return Candidate(reading, None, features)
+    text = reading.text
 
     # A sentence that matches the question strongly (support >= strong_support) answers it: the
     # answer only has to come from the context. Below that, the context must also contain a word
     # of the question that most passages lack (informative_words): on one person's biography every
     # sentence is close to "What was Turing's favourite food?", and only "food" tells.
     informative = informative_words(question, hits)
-    required = informative if max(x[3] for x in sentences) < strong_support else set()
+    required = informative if support < strong_support else set()
     copied = verbatim_span(text, sentences, required, db)
     if copied is not None:  # the answer is a phrase of the context: quote that sentence, extract the phrase
         (hit, s, e, score), a, b = copied
         doc_text = db.document_text(hit.doc_id)
         extract = doc_text[a:b]
     else:
-        support = best_support(question, text, sentences, informative, db, required)
-        if support is None:
-            return None
-        hit, s, e, score = support
+        found = best_support(question, text, sentences, informative, db, required)
+        if found is None:
+            return Candidate(reading, None, features)
+        hit, s, e, score = found
         doc_text = db.document_text(hit.doc_id)
         extract = best_extract(text, question, doc_text, s, e)
+    features[3] = float(copied is not None)
+    features[5] = question_coverage(question, doc_text[s:e], hits)
     source = Source(hit.path, hit.location, hit.page, doc_text[s:e], s, e, hit.start, hit.end, round(score, 4))
-    return Answer(question, text, True, extract, [source])
+    return Candidate(reading, Answer(question, text, True, extract, [source]), features)
+
+
+def question_coverage(question: str, quote: str, hits: list[Hit]) -> float:
+    """The share of the question's informative words (``informative_words``) in the quoted sentence:
+    an answer from a sentence that names none of what the question asks about is suspect."""
+    informative = informative_words(question, hits)
+    return len(informative & stems(quote)) / len(informative) if informative else 1.0
 
 
 def sentence_candidates(question: str, hits: list[Hit], db: DocStore

@@ -6,6 +6,7 @@ articles 38-47 ``test``. Every human answer of a question is a reference.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from polytask.errors import PolytaskError
@@ -15,8 +16,9 @@ from polytask.tasks.metrics import squad_scores
 TRAIN_ARTICLES = 38
 
 
-CONTEXTS = ("paragraph", "sentences")
+CONTEXTS = ("paragraph", "sentences", "removed", "other")
 ASK_SENTENCES = 2  # what ``ask`` gives the model by default (polytask.apps.ask, context_sentences)
+NO_ANSWER = "not in the documents"  # the target when the context does not hold the answer
 
 
 class Squad(Task):
@@ -26,7 +28,12 @@ class Squad(Task):
     put second when it ranks lower; questions whose answer then lies outside the context (it spans
     two sentences) are left out. ``ask`` ordered its sentences by that measure when the shipped
     adapter's stages 2 and 3 were trained; it now orders them by a learnt ranker, which more often
-    puts the answer's sentence first, and still uses the measure to decide whether to answer."""
+    puts the answer's sentence first, and still uses the measure to decide whether to answer.
+
+    Unanswerable forms, target ``NO_ANSWER`` (SQuAD v1.1 has no unanswerable question): "removed",
+    the question against the two best sentences of its own article once every sentence that holds
+    one of its gold answers is removed (on topic, no answer: the hard case); "other", against the
+    two best sentences of another article of the same split (the easy case)."""
 
     name = "squad"
     folder = "squad"
@@ -52,8 +59,8 @@ class Squad(Task):
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             raise PolytaskError(f"{path}: expected the SQuAD JSON layout ({{'data': [articles]}})")
         articles = data["data"][:TRAIN_ARTICLES] if split == "train" else data["data"][TRAIN_ARTICLES:]
-        if self.opts["context"] == "sentences":
-            return [ex for article in articles for ex in ask_contexts(article)]
+        if self.opts["context"] != "paragraph":
+            return ask_contexts(articles, self.opts["context"])
         out = []
         for article in articles:
             for para in article["paragraphs"]:
@@ -68,34 +75,77 @@ class Squad(Task):
         return squad_scores(first_lines, [ex.answers for ex in examples])
 
 
-def ask_contexts(article: dict) -> list[Example]:
-    """The article's questions, each with the ``ask``-like context of ``Squad``'s "sentences" option."""
-    from polytask.store.embed import get_embedder
-    from polytask.store.text import is_fragment, question_support, sentence_spans
+class _Article:
+    """An article as ``ask`` reads it: the text, its usable sentences and their embeddings, and
+    its questions with the answer's character position in the text."""
 
-    text, qas = "", []
-    for para in article["paragraphs"]:
-        offset = len(text)
-        text += para["context"] + "\n\n"
-        qas += [(qa, offset + qa["answers"][0]["answer_start"]) for qa in para["qas"]]
-    spans = sentence_spans(text)
-    usable = [i for i, (s, e) in enumerate(spans) if not is_fragment(text[s:e])]
-    sentences = [text[s:e] for s, e in spans]
+    def __init__(self, article: dict, embedder) -> None:
+        from polytask.store.text import is_fragment, sentence_spans
+
+        text, self.qas = "", []
+        for para in article["paragraphs"]:
+            offset = len(text)
+            text += para["context"] + "\n\n"
+            self.qas += [(qa, offset + qa["answers"][0]["answer_start"]) for qa in para["qas"]]
+        self.spans = sentence_spans(text)
+        self.sentences = [text[s:e] for s, e in self.spans]
+        self.usable = [i for i, (s, e) in enumerate(self.spans) if not is_fragment(text[s:e])]
+        self.vectors = embedder.encode([self.sentences[i] for i in self.usable])
+
+    def ranked(self, question: str, vector, leave_out: set[int] = frozenset()) -> list[int]:
+        """Sentence indices by ``question_support``, best first, without ``leave_out``."""
+        from polytask.store.text import question_support
+
+        support = question_support(question, [self.sentences[i] for i in self.usable], self.vectors @ vector)
+        order = sorted(range(len(self.usable)), key=lambda j: -support[j])
+        return [self.usable[j] for j in order if self.usable[j] not in leave_out]
+
+    def answer_sentences(self, qa: dict, pos: int) -> set[int]:
+        return answer_sentences(self.sentences, self.spans, [a["text"] for a in qa["answers"]], pos)
+
+
+def answer_sentences(sentences: list[str], spans: list[tuple[int, int]], answers: list[str], start: int) -> set[int]:
+    """The indices of the sentences that hold one of ``answers`` (any gold answer, case aside) or
+    overlap the first one's span at character ``start``: what an unanswerable form removes."""
+    end = start + len(answers[0])
+    lowered = [a.lower() for a in answers if a.strip()]
+    return {i for i, (s, e) in enumerate(spans)
+            if s < end and start < e or any(a in sentences[i].lower() for a in lowered)}
+
+
+def ask_contexts(articles: list[dict], form: str = "sentences") -> list[Example]:
+    """The articles' questions, each with the ``ask``-like context of ``Squad``'s ``form``
+    ("sentences", "removed" or "other", see ``Squad``)."""
+    from polytask.store.embed import get_embedder
+
     embedder = get_embedder()
-    vectors = embedder.encode([sentences[i] for i in usable])
-    questions = embedder.encode([qa["question"] for qa, _ in qas])
+    read = [_Article(article, embedder) for article in articles]
     out = []
-    for (qa, pos), qv in zip(qas, questions, strict=True):
-        support = question_support(qa["question"], [sentences[i] for i in usable], vectors @ qv)
-        ranked = [usable[j] for j in sorted(range(len(usable)), key=lambda j: -support[j])]
-        chosen = ranked[:ASK_SENTENCES]
-        gold = next((i for i, (s, e) in enumerate(spans) if s <= pos < e), None)
-        if gold is not None and gold not in chosen:
-            chosen = chosen[: ASK_SENTENCES - 1] + [gold]
-        context = " ".join(sentences[i] for i in chosen)
-        answers = [a["text"] for a in qa["answers"]]
-        if answers[0] in context:
-            out.append(Example(qa["id"], {"context": context, "question": qa["question"]}, answers[0], answers))
+    for n, art in enumerate(read):
+        questions = embedder.encode([qa["question"] for qa, _ in art.qas])
+        for (qa, pos), qv in zip(art.qas, questions, strict=True):
+            question, answers = qa["question"], [a["text"] for a in qa["answers"]]
+            inputs = {"question": question}
+            if form == "sentences":
+                chosen = art.ranked(question, qv)[:ASK_SENTENCES]
+                gold = next((i for i, (s, e) in enumerate(art.spans) if s <= pos < e), None)
+                if gold is not None and gold not in chosen:
+                    chosen = chosen[: ASK_SENTENCES - 1] + [gold]
+                inputs["context"] = " ".join(art.sentences[i] for i in chosen)
+                if answers[0] in inputs["context"]:
+                    out.append(Example(qa["id"], inputs, answers[0], answers))
+                continue
+            if form == "removed":
+                source, chosen = art, art.ranked(question, qv, art.answer_sentences(qa, pos))[:ASK_SENTENCES]
+            else:  # another article of the split, fixed per question
+                if len(read) < 2:
+                    continue
+                k = int(hashlib.sha256(qa["id"].encode()).hexdigest(), 16) % (len(read) - 1)
+                source = read[(n + 1 + k) % len(read)]
+                chosen = source.ranked(question, qv)[:ASK_SENTENCES]
+            inputs["context"] = " ".join(source.sentences[i] for i in chosen)
+            if chosen and not any(a.lower() in inputs["context"].lower() for a in answers):
+                out.append(Example(f"{qa['id']}:{form}", inputs, NO_ANSWER, [NO_ANSWER]))
     return out
 
 

@@ -1,0 +1,86 @@
+"""Fit the confidence model of `ask` (``polytask.apps.ask.CONFIDENCE_WEIGHTS``) and choose its
+threshold (``MIN_CONFIDENCE``).
+
+The data are what ``ask`` itself produced on SQuAD *train* articles, every window of context it
+read with its confidence features (``CONFIDENCE_FEATURES``), written by
+
+    python benchmarks/apps.py --parts squad_unanswerable --squad-articles heldout --dump runs/ask_windows.jsonl
+
+for each question asked of its article (HasAns), of its article without the sentences that hold
+an answer (NoAns) and of another article. A grounded answer is right when its extract's token F1
+against the gold answers is at least 0.5 (HasAns only; any answer to NoAns or another article is
+wrong). The fit is an L2-regularized logistic regression (``fit_sentence_ranker.fit_logistic``); the
+threshold is the one that keeps the most HasAns F1 while declining at least ``--noans`` of the
+NoAns questions, as ``ask.decide`` does: the first window whose answer reaches it is answered.
+No test article is read.
+
+    python tools/fit_ask_confidence.py runs/ask_windows.jsonl [--noans 0.92]
+
+Paste the printed weights and threshold into ask.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from fit_sentence_ranker import fit_logistic
+
+from polytask.apps.ask import CONFIDENCE_FEATURES
+from polytask.tasks.metrics import squad_scores
+
+
+def windows(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every grounded window's features and whether its answer was right."""
+    x, y = [], []
+    for r in rows:
+        for cond, cands in r["windows"].items():
+            for c in cands:
+                if c["grounded"]:
+                    x.append(c["features"])
+                    y.append(cond == "hasans" and squad_scores([c["extract"]], [r["answers"]])["f1"] >= 50)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
+def simulate(rows: list[dict], w: np.ndarray, threshold: float) -> dict:
+    """``ask.decide`` on the dumped windows: HasAns F1 and the shares of NoAns and other-article declined."""
+    def answer(cands):
+        for c in cands:
+            if c["grounded"] and 1 / (1 + np.exp(-(np.dot(c["features"], w[:-1]) + w[-1]))) >= threshold:
+                return c["extract"]
+        return None
+
+    has = [answer(r["windows"]["hasans"]) or "" for r in rows]
+    f1 = squad_scores(has, [r["answers"] for r in rows])["f1"] / 100
+    return {"threshold": round(threshold, 3), "hasans_f1": round(f1, 4),
+            "noans_declined": round(float(np.mean([answer(r["windows"]["noans"]) is None for r in rows])), 4),
+            "other_article_declined": round(float(np.mean([answer(r["windows"]["other"]) is None for r in rows])), 4)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dump", help="the JSONL that benchmarks/apps.py --dump wrote")
+    p.add_argument("--noans", type=float, default=0.92, help="the least share of NoAns questions to decline")
+    p.add_argument("--l2", type=float, default=1.0)
+    args = p.parse_args()
+    rows = [json.loads(line) for line in Path(args.dump).read_text().splitlines() if line.strip()]
+    x, y = windows(rows)
+    if len(x) == 0 or y.min() == y.max():
+        sys.exit(f"{args.dump}: needs grounded answers both right and wrong to fit ({len(x)} grounded)")
+    w = fit_logistic(x, y, l2=args.l2)
+    print(f"{len(rows)} questions, {len(x)} grounded windows, {int(y.sum())} right")
+    print("CONFIDENCE_FEATURES =", CONFIDENCE_FEATURES)
+    print("CONFIDENCE_WEIGHTS = (" + ", ".join(f"{v:.4f}" for v in w) + ")")
+    runs = [simulate(rows, w, t) for t in np.arange(0.05, 0.96, 0.025)]
+    for r in runs:
+        print(json.dumps(r))
+    ok = [r for r in runs if r["noans_declined"] >= args.noans]
+    best = max(ok, key=lambda r: r["hasans_f1"]) if ok else max(runs, key=lambda r: r["noans_declined"])
+    print(f"MIN_CONFIDENCE = {best['threshold']}  # {json.dumps(best)}")
+
+
+if __name__ == "__main__":
+    main()
