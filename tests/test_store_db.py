@@ -11,7 +11,7 @@ import pytest
 
 from polytask.cli import main
 from polytask.errors import PolytaskError
-from polytask.store import DocStore
+from polytask.store import DocStore, uploads_dir
 
 SAMPLES = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples"
 
@@ -105,3 +105,29 @@ def test_ask_on_empty_collection(tmp_path, capsys):
     rc = main(["ask", "Who?", "--collection", "nothing", "--store", str(tmp_path / "e.sqlite")])
     assert rc == 2
     assert "collection 'nothing' has no documents" in capsys.readouterr().err
+
+
+def test_uploads_are_listed_and_removed_by_name_and_only_their_copies_deleted(tmp_path, capsys):
+    db = tmp_path / "home" / "store.sqlite"
+    own = tmp_path / "turing.md"  # the user's own file, indexed in place
+    shutil.copy(SAMPLES / "turing.md", own)
+    copy = uploads_dir(db) / "0123abcd" / "upload.md"  # where `polytask serve` keeps an upload
+    copy.parent.mkdir(parents=True)
+    shutil.copy(SAMPLES / "turing.md", copy)
+    with DocStore(db) as store:
+        store.add(copy, "web")
+        store.add_upload(copy, "web", "my notes.md", copy.stat().st_size)
+        store.add(own, "web")
+    capsys.readouterr()
+    assert main(["index", "list", "--store", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "my notes.md  (uploaded)" in out and "upload.md" not in out and str(own) in out
+    assert main(["index", "remove", "my notes.md", "--collection", "other", "--store", str(db)]) == 2
+    assert "my notes.md: not in collection 'other'" in capsys.readouterr().err and copy.exists()
+    assert main(["index", "remove", "my notes.md", "--store", str(db)]) == 0
+    assert capsys.readouterr().out.strip() == "removed my notes.md (1 document)"
+    assert not copy.exists() and not copy.parent.exists()  # the copy and its folder went with it
+    with DocStore(db) as store:
+        assert store.upload_names() == {} and [d.path for d in store.documents()] == [str(own)]
+    assert main(["index", "remove", "--collection", "web", "--store", str(db)]) == 0
+    assert own.exists()  # removing a document never deletes the user's file

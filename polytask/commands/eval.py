@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--limit", type=int, default=None, help="a fixed random subset of N examples (seed 0)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the task's)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="most tokens generated per example (default: the task's own budget)")
     p.add_argument("--data-root", default=None, help="datasets folder (default $POLYTASK_DATA or ../shared/data)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--out", default=None, help="also write the result JSON to this file")
@@ -47,6 +48,7 @@ def _write_atomic(path: str, text: str) -> None:
 def run(args) -> int:
     from polytask.evaluate import evaluate
     from polytask.tasks import get_task, parse_task_spec
+    from polytask.tasks.base import DATA_ENV
 
     if args.limit is not None and args.limit < 1:
         raise PolytaskError(f"--limit must be at least 1, got {args.limit}")
@@ -56,6 +58,12 @@ def run(args) -> int:
         raise PolytaskError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     name, options = parse_task_spec(args.task)
     task = get_task(name, data_root=args.data_root, **options)
+    task.check_split(args.split)
+    # Checked here so that the message names this command's flag (the task's own names the config key).
+    if task.folder and not (task.data_root / task.folder).is_dir():
+        raise PolytaskError(f"task {task.name}: dataset folder {task.data_root / task.folder} not found; the data "
+                            f"root is {task.data_root} (set it with --data-root or the {DATA_ENV} environment "
+                            "variable)")
     task.read(args.split)  # a missing dataset or split fails before the model loads
     lm = load_lm(args)
     result, records = evaluate(lm, task, args.split, args.limit, args.batch_size, args.max_new_tokens)

@@ -4,6 +4,9 @@
 its own transaction: when several are given, a file that cannot be read is skipped with a
 warning naming it, the others are indexed, and the exit code is 2 if any failed (with a
 count on the last line). A single bad file is a plain error: one line, exit 2, store unchanged.
+
+A file uploaded through ``polytask serve`` is listed, and removed, by the name it was uploaded
+under (its bytes are polytask's copy in the uploads folder, deleted with the document).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ def register(sub) -> None:
     ls.add_argument("--json", action="store_true")
     add_store_arg(ls)
 
-    rm = isub.add_parser("remove", help="remove files, or a whole collection")
-    rm.add_argument("paths", nargs="*", metavar="PATH")
+    rm = isub.add_parser("remove", help="remove files (or uploads, by the name `list` shows), or a whole collection")
+    rm.add_argument("paths", nargs="*", metavar="PATH", help="a file's path, or an uploaded document's name")
     rm.add_argument("--collection", default=None, help="only from this collection; alone: remove the collection")
     add_store_arg(rm)
     p.set_defaults(func=run)
@@ -93,14 +96,17 @@ def run_add(args, store: DocStore) -> int:
 
 def run_list(args, store: DocStore) -> int:
     docs = store.documents(args.collection)
-    if args.json:
-        print(json.dumps({"store": str(store.path), "documents": [d.__dict__ for d in docs]}))
+    uploads = store.upload_names()
+    if args.json:  # "name": what `remove` takes, the uploaded name or the path
+        print(json.dumps({"store": str(store.path), "documents": [
+            {**d.__dict__, "name": uploads.get(d.path, d.path), "uploaded": d.path in uploads} for d in docs]}))
         return 0
     if not docs:
         print(f"no documents in {store.path}" + (f" collection {args.collection!r}" if args.collection else ""))
         return 0
     for d in docs:
-        print(f"{d.collection:12s} {d.kind:4s} {d.pages:4d}p {d.passages:5d} passages  {d.path}")
+        shown = f"{uploads[d.path]}  (uploaded)" if d.path in uploads else d.path
+        print(f"{d.collection:12s} {d.kind:4s} {d.pages:4d}p {d.passages:5d} passages  {shown}")
     return 0
 
 

@@ -25,7 +25,7 @@ def load_state(
     chat and summaries on the base model), start its scheduler, and open the key store."""
     from polytask.apps.common import base_lm
     from polytask.runtime import LM
-    from polytask.store import default_store_path
+    from polytask.store import default_store_path, uploads_dir
 
     task_lm = LM.load(model, adapter=adapter, dtype=dtype)
     # The shipped multi-task adapter serves ask and replies only; chat and summaries get the base model.
@@ -39,4 +39,4 @@ def load_state(
     if lm.adapter_name:
         model_id += "+" + lm.adapter_name
     return ServeState(lm=lm, scheduler=lm.engine, keys=KeyStore(store_path), store_path=store_path,
-                      uploads_dir=store_path.parent / "uploads", model_id=model_id, task_lm=task_lm, **options)
+                      uploads_dir=uploads_dir(store_path), model_id=model_id, task_lm=task_lm, **options)

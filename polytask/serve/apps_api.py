@@ -77,8 +77,8 @@ def add_app_routes(app: FastAPI, state) -> None:
     @app.get("/api/collections/{collection}/documents", tags=["documents"])
     def list_documents(collection: str, key: Key) -> dict:
         collection = collection_for(key, collection)
-        names = state.records.names()
         with open_store() as db:
+            names = db.upload_names()
             return {"collection": collection, "documents": [doc_json(d, names) for d in db.documents(collection)]}
 
     @app.post("/api/collections/{collection}/documents", tags=["documents"], status_code=201)
@@ -110,7 +110,8 @@ def add_app_routes(app: FastAPI, state) -> None:
             if isinstance(e, PolytaskError):  # about the file: name it as the client did, not by our path
                 raise PolytaskError(str(e).replace(str(dest), name)) from None
             raise
-        state.records.add_upload(dest, collection, name, len(data))
+        with open_store() as db:
+            db.add_upload(dest, collection, name, len(data))
         return {"id": result.doc_id, "name": name, "status": result.status, "passages": result.passages}
 
     @app.delete("/api/collections/{collection}/documents/{doc_id}", tags=["documents"])
@@ -118,10 +119,7 @@ def add_app_routes(app: FastAPI, state) -> None:
         collection = collection_for(key, collection)
         with open_store() as db:
             d = doc_or_404(db, collection, doc_id)
-            db.remove(d.path, collection)
-        state.records.remove_upload(d.path)
-        if Path(d.path).is_relative_to(state.uploads_dir.resolve()):
-            Path(d.path).unlink(missing_ok=True)
+            db.remove(d.path, collection)  # an upload's copy goes with it
         return {"deleted": doc_id}
 
     @app.delete("/api/collections/{collection}", tags=["documents"])
@@ -130,11 +128,7 @@ def add_app_routes(app: FastAPI, state) -> None:
         with open_store() as db:
             docs = db.documents(collection)
             if docs:
-                db.remove_collection(collection)
-        for d in docs:
-            state.records.remove_upload(d.path)
-            if Path(d.path).is_relative_to(state.uploads_dir.resolve()):
-                Path(d.path).unlink(missing_ok=True)
+                db.remove_collection(collection)  # uploads' copies go with it
         return {"collection": collection, "deleted": len(docs)}
 
     # -- ask ----------------------------------------------------------------------------------------
@@ -145,7 +139,7 @@ def add_app_routes(app: FastAPI, state) -> None:
 
         with open_store() as db:
             answer = ask(body.question, collection=collection, store=db, lm=state.task_lm).to_dict()
-        names = state.records.names()
+            names = db.upload_names()
         for item in answer["sources"] + answer["retrieved"]:
             item["file"] = shown_name(item["file"], names)
         return answer

@@ -1,7 +1,7 @@
 """What the server remembers beside the document store, in the same SQLite file.
 
-- ``uploads``: an uploaded document's display name. The bytes are saved under a path made from
-  a hash of (collection, name), never from the name itself, so no name can reach another folder.
+- An upload's bytes are saved under a path made from a hash of (collection, name), never from the
+  name itself, so no name can reach another folder; the name is kept by the store (table ``uploads``).
 - ``summaries``: hover-card summaries, cached per document content (sha256).
 - ``conversation_owners``: which key started an agent conversation (another key gets 404).
 """
@@ -17,12 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS uploads(
-    path TEXT PRIMARY KEY,
-    collection TEXT NOT NULL,
-    name TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    uploaded_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS summaries(
     sha256 TEXT NOT NULL,
     length TEXT NOT NULL,
@@ -65,20 +59,6 @@ class Records:
                 yield db
         finally:
             db.close()
-
-    def add_upload(self, path: Path, collection: str, name: str, size: int) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
-                       (str(path.resolve()), collection, name, size, time.time()))
-
-    def remove_upload(self, path: str) -> None:
-        with self._db() as db:
-            db.execute("DELETE FROM uploads WHERE path = ?", (path,))
-
-    def names(self) -> dict[str, str]:
-        """Stored path -> display name, for every upload."""
-        with self._db() as db:
-            return dict(db.execute("SELECT path, name FROM uploads").fetchall())
 
     def summary(self, sha256: str, length: str) -> str | None:
         with self._db() as db:

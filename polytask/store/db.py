@@ -9,6 +9,9 @@
   sum 1/(60 + rank)).
 - Agent conversations and hand-offs live in the same file (tables ``conversations``,
   ``messages``, ``handoffs``).
+- A document uploaded through the server is a copy polytask made in the ``uploads`` folder
+  beside the store; table ``uploads`` keeps the name it was uploaded under. Such a document is
+  shown and removed by that name, and its copy is deleted when it leaves the store.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +82,12 @@ CREATE TABLE IF NOT EXISTS handoffs(
     confidence REAL,
     transcript TEXT NOT NULL,
     created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS uploads(
+    path TEXT PRIMARY KEY,
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    uploaded_at REAL NOT NULL);
 """
 
 
@@ -86,6 +95,18 @@ def default_store_path() -> Path:
     from polytask.weights import polytask_home
 
     return polytask_home() / "store.sqlite"
+
+
+def uploads_dir(store_path: Path) -> Path:
+    """Where the server keeps its copies of uploaded files: a folder beside the store."""
+    return store_path.resolve().parent / "uploads"
+
+
+def _delete_copies(copies: list[Path]) -> None:
+    for p in copies:
+        p.unlink(missing_ok=True)
+        with suppress(OSError):  # the upload's own folder, once empty
+            p.parent.rmdir()
 
 
 @dataclass
@@ -215,26 +236,67 @@ class DocStore:
         self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
 
     def remove(self, path: str | Path, collection: str | None = None) -> int:
-        """Remove a file from one collection (or from all); returns how many documents went."""
+        """Remove a file, or an upload by its uploaded name, from one collection (or from all);
+        returns how many documents went."""
         key = str(Path(path).resolve())
-        ids = [r[0] for r in self.conn.execute(
-            "SELECT id FROM documents WHERE path = ? AND (? IS NULL OR collection = ?)", (key, collection, collection))]
-        if not ids:
+        rows = self.conn.execute(
+            "SELECT id, path FROM documents WHERE path = ? AND (? IS NULL OR collection = ?)",
+            (key, collection, collection)).fetchall()
+        if not rows:  # not a file's path: the name an upload was given
+            rows = self.conn.execute(
+                "SELECT d.id, d.path FROM documents d JOIN uploads u ON u.path = d.path AND u.collection = d.collection"
+                " WHERE u.name = ? AND (? IS NULL OR d.collection = ?)", (str(path), collection, collection)).fetchall()
+        if not rows:
             where = f"collection {collection!r}" if collection else "the store"
             raise PolytaskError(f"{path}: not in {where}; see `polytask index list`")
         with self.transaction():
-            for i in ids:
-                self._delete(i)
-        return len(ids)
+            for doc_id, _ in rows:
+                self._delete(doc_id)
+            copies = self._forget_uploads({p for _, p in rows})
+        _delete_copies(copies)
+        return len(rows)
 
     def remove_collection(self, collection: str) -> int:
-        ids = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE collection = ?", (collection,))]
-        if not ids:
+        rows = self.conn.execute("SELECT id, path FROM documents WHERE collection = ?", (collection,)).fetchall()
+        if not rows:
             raise PolytaskError(f"no collection named {collection!r}; see `polytask index list`")
         with self.transaction():
-            for i in ids:
-                self._delete(i)
-        return len(ids)
+            for doc_id, _ in rows:
+                self._delete(doc_id)
+            copies = self._forget_uploads({p for _, p in rows})
+        _delete_copies(copies)
+        return len(rows)
+
+    # -----------------------------------------------------------------------------------------
+    # uploads
+
+    def add_upload(self, path: Path, collection: str, name: str, size: int) -> None:
+        """Remember the name an uploaded file was given; ``path`` is polytask's copy, already added."""
+        key = str(path.resolve())
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
+                       (key, collection, name, size, time.time()))
+            # A file without a title of its own is titled by its file name: the upload's, not the copy's.
+            db.execute("UPDATE documents SET title = ? WHERE collection = ? AND path = ? AND title = ?",
+                       (Path(name).stem, collection, key, path.stem))
+
+    def upload_names(self) -> dict[str, str]:
+        """Stored path -> uploaded name, for every upload."""
+        return dict(self.conn.execute("SELECT path, name FROM uploads").fetchall())
+
+    def _forget_uploads(self, paths: set[str]) -> list[Path]:
+        """Inside a removing transaction: forget the uploads among ``paths`` that no document uses any
+        more. Returns polytask's copies of them, to delete once the transaction has committed; only a
+        recorded upload inside the uploads folder counts, a file indexed from elsewhere is the user's."""
+        folder = uploads_dir(self.path)
+        copies = []
+        for p in sorted(paths):
+            if self.conn.execute("SELECT 1 FROM documents WHERE path = ?", (p,)).fetchone():
+                continue  # still indexed in another collection
+            recorded = self.conn.execute("DELETE FROM uploads WHERE path = ?", (p,)).rowcount
+            if recorded and Path(p).is_relative_to(folder):
+                copies.append(Path(p))
+        return copies
 
     # -----------------------------------------------------------------------------------------
     # reading

@@ -3,8 +3,12 @@
 
 const $ = (sel) => document.querySelector(sel);
 let apiKey = "";
+let session = 0;  // bumped by every key change; a response that arrives for an older key is dropped
 let conversationId = null;
-const summaries = new Map();  // "collection/docId" -> summary text
+
+// A response to a request made under an earlier key: what it holds belongs to that key, so it
+// must not reach the screen that was cleared for the new one.
+class StaleResponse extends Error {}
 
 function setStatus(text, isError = false) {
   const el = $("#status");
@@ -13,6 +17,7 @@ function setStatus(text, isError = false) {
 }
 
 async function api(method, path, body) {
+  const requestedIn = session;
   const opts = { method, headers: { Authorization: `Bearer ${apiKey}` } };
   if (body instanceof FormData) {
     opts.body = body;
@@ -22,6 +27,7 @@ async function api(method, path, body) {
   }
   const r = await fetch(path, opts);
   const data = r.headers.get("content-type")?.includes("json") ? await r.json() : await r.text();
+  if (requestedIn !== session) throw new StaleResponse("the API key changed");
   if (!r.ok) {
     const msg = (data && data.error && data.error.message) || `${r.status} ${r.statusText}`;
     throw new Error(msg);
@@ -29,12 +35,16 @@ async function api(method, path, body) {
   return data;
 }
 
+function reportError(e) {
+  if (!(e instanceof StaleResponse)) setStatus(e.message, true);
+}
+
 async function busy(button, work) {
   button.disabled = true;
   try {
     await work();
   } catch (e) {
-    setStatus(e.message, true);
+    reportError(e);
   } finally {
     button.disabled = false;
   }
@@ -43,58 +53,112 @@ async function busy(button, work) {
 const collection = () => $("#collection").value;
 
 // ---------------------------------------------------------------------------- key and collections
+// Everything on the screen came through the previous key: a new key, right or wrong, starts from nothing.
+function clearScreen() {
+  conversationId = null;
+  summaries.clear();
+  pendingSummaries.clear();
+  hovered = null;
+  renderCard();
+  $("#collection").replaceChildren();
+  $("#doc-list").replaceChildren();
+  $("#answer").textContent = "";
+  $("#answer").className = "";
+  $("#sources").replaceChildren();
+  $("#reply-verdict").textContent = "";
+  $("#reply-hint").hidden = true;
+  $("#replies").replaceChildren();
+  $("#copied").textContent = "";
+  $("#agent-log").replaceChildren();
+}
+
 async function useKey(key) {
+  session += 1;
   apiKey = key.trim();
-  localStorage.setItem("polytask-key", apiKey);
+  clearScreen();
+  setStatus("checking the key…");
   const data = await api("GET", "/api/collections");
+  localStorage.setItem("polytask-key", apiKey);  // only a key the server accepted
   const select = $("#collection");
   select.replaceChildren(...data.collections.map((c) => new Option(`${c.name} (${c.documents})`, c.name)));
   setStatus(data.collections.length ? "ready" : "this key has no collections");
-  await loadDocuments();
+  await Promise.all([loadDocuments(), startConversation()]);
 }
 
 // ---------------------------------------------------------------------------- documents
 async function loadDocuments() {
-  const list = $("#doc-list");
-  list.replaceChildren();
-  if (!collection()) return;
-  const data = await api("GET", `/api/collections/${encodeURIComponent(collection())}/documents`);
+  const shown = collection();
+  if (!shown) return;
+  const data = await api("GET", `/api/collections/${encodeURIComponent(shown)}/documents`);
+  if (shown !== collection()) return;  // another collection was chosen meanwhile; its own load fills the list
   const option = $("#collection").selectedOptions[0];
-  if (option) option.textContent = `${collection()} (${data.documents.length})`;
-  for (const d of data.documents) {
+  if (option) option.textContent = `${shown} (${data.documents.length})`;
+  const items = data.documents.map((d) => {
     const li = document.createElement("li");
     li.dataset.docId = d.id;
+    li.tabIndex = 0;  // the summary card also opens from the keyboard
     li.textContent = d.name;
     const meta = document.createElement("span");
     meta.className = "meta";
-    meta.textContent = `${d.title && d.title !== d.name ? d.title + " · " : ""}${d.passages} passages`;
+    const ownTitle = d.title && ![d.name, d.name.replace(/\.[^.]+$/, "")].includes(d.title);  // not just the file name
+    meta.textContent = `${ownTitle ? d.title + " · " : ""}${d.passages} passages`;
     li.append(meta);
-    li.addEventListener("mouseenter", () => showSummary(li, d.id));
-    li.addEventListener("mouseleave", () => { $("#summary-card").hidden = true; });
-    list.append(li);
-  }
+    const summary = summaries.get(`${shown}/${d.id}`);
+    if (summary?.text) li.title = summary.text;
+    li.addEventListener("mouseenter", () => hoverDocument(li, d.id));
+    li.addEventListener("focus", () => hoverDocument(li, d.id));
+    li.addEventListener("mouseleave", () => leaveDocument(li));
+    li.addEventListener("blur", () => leaveDocument(li));
+    return li;
+  });
+  hovered = null;  // its list item is about to go
+  renderCard();
+  $("#doc-list").replaceChildren(...items);
 }
 
-async function showSummary(li, docId) {
+// ---------------------------------------------------------------------------- hover summaries
+// The card is drawn from state alone (which document is hovered, which summaries have arrived)
+// and redrawn whenever either changes. Responses may arrive in any order, for a document hovered
+// long ago or twice; none of them writes to the card directly, so none can leave it stale.
+const summaries = new Map();  // "collection/docId" -> {text} or {error}, once its request is done
+const pendingSummaries = new Map();  // "collection/docId" -> the one request in flight for it
+let hovered = null;  // {key, li}: the document the pointer (or focus) is on
+
+function renderCard() {
   const card = $("#summary-card");
-  const cacheKey = `${collection()}/${docId}`;
-  card.style.top = `${li.offsetTop + li.offsetHeight}px`;
-  card.style.left = `${li.offsetLeft + 20}px`;
-  card.hidden = false;
-  card.dataset.docId = docId;
-  if (summaries.has(cacheKey)) {
-    card.textContent = summaries.get(cacheKey);
-    return;
+  card.hidden = !hovered;
+  if (!hovered) return;
+  const s = summaries.get(hovered.key);
+  card.textContent = !s ? "Summarizing…" : s.error ? `No summary: ${s.error}` : s.text;
+  card.style.top = `${hovered.li.offsetTop + hovered.li.offsetHeight}px`;
+}
+
+function hoverDocument(li, docId) {
+  const key = `${collection()}/${docId}`;
+  hovered = { key, li };
+  if (summaries.get(key)?.error) summaries.delete(key);  // a failed summary is tried again
+  if (!summaries.has(key) && !pendingSummaries.has(key)) {
+    const path = `/api/collections/${encodeURIComponent(collection())}/documents/${docId}/summary`;
+    const request = api("GET", path)
+      .then((data) => {
+        summaries.set(key, { text: data.summary });
+        li.title = data.summary;
+      }, (e) => {
+        if (!(e instanceof StaleResponse)) summaries.set(key, { error: e.message });
+      })
+      .finally(() => {
+        if (pendingSummaries.get(key) === request) pendingSummaries.delete(key);
+        renderCard();
+      });
+    pendingSummaries.set(key, request);
   }
-  card.textContent = "Summarizing…";
-  try {
-    const data = await api("GET", `/api/collections/${encodeURIComponent(collection())}/documents/${docId}/summary`);
-    summaries.set(cacheKey, data.summary);
-    li.title = data.summary;
-    if (card.dataset.docId === String(docId)) card.textContent = data.summary;
-  } catch (e) {
-    card.textContent = `No summary: ${e.message}`;
-  }
+  renderCard();
+}
+
+function leaveDocument(li) {
+  if (hovered?.li !== li) return;
+  hovered = null;
+  renderCard();
 }
 
 $("#upload-form").addEventListener("submit", (ev) => {
@@ -120,9 +184,17 @@ $("#ask-form").addEventListener("submit", (ev) => {
   busy($("#ask-btn"), async () => {
     $("#answer").textContent = "Thinking…";
     $("#sources").replaceChildren();
-    const a = await api("POST", `/api/collections/${encodeURIComponent(collection())}/ask`, { question });
+    const a = await api("POST", `/api/collections/${encodeURIComponent(collection())}/ask`, { question })
+      .catch((e) => { $("#answer").textContent = ""; throw e; });  // the status line says why
+    // A declined question is said plainly, with no source list: there is nothing to quote.
     $("#answer").textContent = a.text;
     $("#answer").className = a.found ? "found" : "notfound";
+    if (a.found) {
+      const sure = document.createElement("span");
+      sure.className = "confidence";
+      sure.textContent = ` (confidence ${Math.round(a.confidence * 100)}%)`;
+      $("#answer").append(sure);
+    }
     for (const s of a.sources) {
       const li = document.createElement("li");
       const where = document.createElement("div");
@@ -133,7 +205,7 @@ $("#ask-form").addEventListener("submit", (ev) => {
       li.append(where, quote);
       $("#sources").append(li);
     }
-    setStatus("answered");
+    setStatus(a.found ? "answered" : "not in the documents");
   });
 });
 
@@ -159,9 +231,13 @@ $("#reply-form").addEventListener("submit", (ev) => {
   busy($("#reply-btn"), async () => {
     $("#replies").replaceChildren();
     $("#copied").textContent = "";
+    $("#reply-hint").hidden = true;
     $("#reply-verdict").textContent = "Reading…";
-    const r = await api("POST", "/api/reply", { email, n: 3 });
-    $("#reply-verdict").textContent = r.needs_reply ? "Suggested replies (click to copy):" : `No reply needed. ${r.reason || ""}`;
+    const r = await api("POST", "/api/reply", { email, n: 3 })
+      .catch((e) => { $("#reply-verdict").textContent = ""; throw e; });
+    // Why, in the CLI's words ("Reply needed: asks: Could we meet on Thursday?").
+    $("#reply-verdict").textContent = `${r.needs_reply ? "Reply needed" : "No reply needed"}: ${r.reason}`;
+    $("#reply-hint").hidden = !r.replies.length;
     for (const s of r.replies) {
       const b = document.createElement("button");
       b.type = "button";
@@ -196,16 +272,20 @@ function addMessage(role, text, extra) {
   return div;
 }
 
+// The greeting is the conversation's first message: shown when the panel opens, before anyone writes.
+async function startConversation() {
+  const c = await api("POST", "/api/agent/conversations");
+  conversationId = c.id;
+  $("#agent-log").replaceChildren();
+  addMessage("agent greeting", c.greeting);
+}
+
 $("#agent-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const text = $("#agent-input").value.trim();
   if (!text) return;
   busy($("#agent-send"), async () => {
-    if (!conversationId) {
-      const c = await api("POST", "/api/agent/conversations");
-      conversationId = c.id;
-      addMessage("agent greeting", c.greeting);
-    }
+    if (!conversationId) await startConversation();  // its start failed when the key was given
     addMessage("user", text);
     $("#agent-input").value = "";
     const r = await api("POST", `/api/agent/conversations/${conversationId}/messages`, { text });
@@ -221,7 +301,7 @@ $("#key-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   busy($("#key-btn"), () => useKey($("#key").value));
 });
-$("#collection").addEventListener("change", () => loadDocuments().catch((e) => setStatus(e.message, true)));
+$("#collection").addEventListener("change", () => loadDocuments().catch(reportError));
 
 (function start() {
   const fromUrl = new URLSearchParams(location.hash.slice(1)).get("key");
@@ -229,7 +309,7 @@ $("#collection").addEventListener("change", () => loadDocuments().catch((e) => s
   const key = fromUrl || localStorage.getItem("polytask-key");
   if (key) {
     $("#key").value = key;
-    useKey(key).catch((e) => setStatus(e.message, true));
+    useKey(key).catch(reportError);
   } else {
     setStatus("enter an API key (polytask keys create --collection NAME)");
   }
