@@ -19,6 +19,12 @@ Last line: one JSON object with
   model's document path with ``--adapter none``.
 - ask_p50_s: median seconds of one ``ask`` on the one-page Turing biography, warm.
 - ingest_pages_per_s: SQuAD articles indexed per second, a page being 3,000 characters.
+- hasans_f1, hasans_em, noans_declined, other_article_declined, n, confidence_ece, reliability
+  (``--parts squad_unanswerable``, not in the default parts): SQuAD v2-style figures over whole
+  articles with retrieval, see ``squad_unanswerable``; ``--dump FILE`` writes every window's
+  confidence features for tools/fit_ask_confidence.py.
+- ask_dev_plain / ask_dev_qualifier / ask_dev_unanswerable (``--parts ask_dev``): ``ask`` on the
+  team's own development documents (benchmarks/data/ask_dev), for tuning.
 - reply_rules_accuracy/f1_email_intent: the reply-needed rules alone (no model) on email_intent
   test sentences (the same subset as ``polytask eval --task email_intent --limit N``).
 
@@ -45,7 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from polytask.apps.ask import WINDOWS, ask  # noqa: E402
+from polytask.apps.ask import WINDOWS, Answer, Candidate, ask, candidates, decide  # noqa: E402
 from polytask.apps.common import clip_words, get_lm, uses_multitask  # noqa: E402
 from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier  # noqa: E402
 from polytask.apps.reply import needs_reply  # noqa: E402
@@ -53,8 +59,10 @@ from polytask.apps.summarize import LENGTHS, summarize_chat, summarize_text  # n
 from polytask.data.tokenize import select_examples  # noqa: E402
 from polytask.store import DocStore, Email  # noqa: E402
 from polytask.store.embed import get_embedder  # noqa: E402
+from polytask.store.text import sentence_spans  # noqa: E402
 from polytask.tasks import get_task  # noqa: E402
 from polytask.tasks.metrics import rouge, squad_scores  # noqa: E402
+from polytask.tasks.qa import answer_sentences  # noqa: E402
 
 PAGE_CHARS = 3000
 TURING = REPO / "polytask" / "assets" / "samples" / "turing.md"
@@ -64,15 +72,14 @@ def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
-def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test", context_sentences: int = 2,
-          windows: int = WINDOWS) -> dict:
+def squad_articles(data: Path, articles: str) -> list[tuple[str, list[tuple[str, list[str], int]]]]:
+    """The chosen SQuAD articles as documents: (text, [(question, gold answers, answer's offset)])."""
     every = json.loads((data / "squad" / "dev-v1.1.reconstructed.json").read_text())["data"]
     # test articles 38-47 give the figure; train articles (seen in training) are for choosing settings;
     # heldout: the train articles that tools/fit_sentence_ranker.py holds out (the adapter saw them)
-    articles = {"test": every[38:48], "train": every[10:20], "heldout": every[30:38]}[articles]
-    store = DocStore(work / "squad.sqlite")
-    files, questions = [], []
-    for i, art in enumerate(articles):
+    chosen = {"test": every[38:48], "train": every[10:20], "heldout": every[30:38]}[articles]
+    out = []
+    for art in chosen:
         text, qs = "", []
         for para in art["paragraphs"]:
             offset = len(text)
@@ -80,22 +87,39 @@ def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
             for qa in para["qas"]:
                 answers = [a["text"] for a in qa["answers"]]
                 qs.append((qa["question"], answers, offset + qa["answers"][0]["answer_start"]))
-        path = work / f"squad_{i}.txt"
-        path.write_text(text, encoding="utf-8")
-        files.append(path)
-        questions.append(qs)
-    t0 = time.perf_counter()
-    # one collection per article: ask(collection=...) then retrieves over exactly that article
-    doc_ids = [store.add(f, f"squad{i}").doc_id for i, f in enumerate(files)]
-    ingest_s = time.perf_counter() - t0
-    pages = sum(f.stat().st_size for f in files) / PAGE_CHARS
-    # round-robin over articles so that a small --limit still covers all ten
+        out.append((text, qs))
+    return out
+
+
+def round_robin(questions: list[list[tuple]], limit: int | None) -> list[tuple]:
+    """(article index, *question) taken round-robin over the articles, so that a small limit still covers all."""
     picked = []
     for j in range(max(len(q) for q in questions)):
         for i, qs in enumerate(questions):
             if j < len(qs):
                 picked.append((i, *qs[j]))
-    picked = picked[:limit] if limit else picked
+    return picked[:limit] if limit else picked
+
+
+def index_articles(store: DocStore, work: Path, articles: list[tuple[str, list]]) -> list[int]:
+    """One collection per article (squad0, squad1, ...): ask(collection=...) retrieves over exactly that article."""
+    doc_ids = []
+    for i, (text, _) in enumerate(articles):
+        path = work / f"squad_{i}.txt"
+        path.write_text(text, encoding="utf-8")
+        doc_ids.append(store.add(path, f"squad{i}").doc_id)
+    return doc_ids
+
+
+def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test", context_sentences: int = 2,
+          windows: int = WINDOWS) -> dict:
+    chosen = squad_articles(data, articles)
+    store = DocStore(work / "squad.sqlite")
+    t0 = time.perf_counter()
+    doc_ids = index_articles(store, work, chosen)
+    ingest_s = time.perf_counter() - t0
+    pages = sum(len(text) for text, _ in chosen) / PAGE_CHARS
+    picked = round_robin([qs for _, qs in chosen], limit)
     preds, refs, recall = [], [], []
     for n, (i, q, answers, pos) in enumerate(picked):
         hits = store.search(q, [doc_ids[i]], k=5)
@@ -110,13 +134,120 @@ def squad(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
     rng = random.Random(0)
     refused = []
     for i, q, _, _ in picked:
-        other = (i + 1 + rng.randrange(len(articles) - 1)) % len(articles)
+        other = (i + 1 + rng.randrange(len(chosen) - 1)) % len(chosen)
         refused.append(not ask(q, collection=f"squad{other}", store=store, lm=lm,
                                context_sentences=context_sentences, windows=windows).found)
     return {"squad_f1": s["f1"] / 100, "squad_em": s["exact_match"] / 100,
             "squad_refused_other_article": float(np.mean(refused)),
             "retrieval_recall_at_5": float(np.mean(recall)), "squad_questions": len(picked),
             "ingest_pages_per_s": pages / ingest_s}
+
+
+def without_answers(text: str, answers: list[str], start: int) -> str:
+    """The article with every sentence that holds one of the gold answers removed (the task's rule)."""
+    spans = sentence_spans(text)
+    cut = answer_sentences([text[s:e] for s, e in spans], spans, answers, start)
+    pieces, at = [], 0
+    for i in sorted(cut):
+        s, e = spans[i]
+        pieces.append(text[at:s])
+        at = e
+    return "".join(pieces) + text[at:]
+
+
+def ask_once(question: str, collection: str, store: DocStore, lm) -> tuple[Answer, list[Candidate]]:
+    """``ask``'s answer and every window's candidate (all windows read, for the confidence fit)."""
+    hits = store.search(question, store.collection_doc_ids(collection), k=5)
+    found = list(candidates(question, hits, store, lm))
+    return decide(question, found), found
+
+
+def reliability(confidences: list[float], right: list[bool], bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error, and the table: of the answers given with confidence in each
+    tenth, how many were right."""
+    table, ece = [], 0.0
+    conf, ok = np.asarray(confidences), np.asarray(right, dtype=float)
+    for b in range(bins):
+        inside = (conf >= b / bins) & ((conf < (b + 1) / bins) | (b == bins - 1))
+        if inside.any():
+            table.append({"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "answers": int(inside.sum()),
+                          "right": round(float(ok[inside].mean()), 4),
+                          "confidence": round(float(conf[inside].mean()), 4)})
+            ece += inside.sum() / len(conf) * abs(ok[inside].mean() - conf[inside].mean())
+    return float(ece), table
+
+
+def squad_unanswerable(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
+                       dump: Path | None = None) -> dict:
+    """SQuAD v2-style figures over whole articles with retrieval: HasAns (each question asked of its
+    article), NoAns (asked of its article with every answer-bearing sentence removed), and asked of
+    another article. An answer counts as right for the reliability table when its extract's token
+    F1 against the gold answers is at least 0.5; every answer to a NoAns or other-article question is wrong."""
+    chosen = squad_articles(data, articles)
+    store = DocStore(work / "squad_v2.sqlite")
+    index_articles(store, work, chosen)
+    picked = round_robin([qs for _, qs in chosen], limit)
+    rng = random.Random(0)
+    preds, refs, noans, other_declined, confs, right = [], [], [], [], [], []
+    if dump is not None:
+        dump.write_text("", encoding="utf-8")
+    for n, (i, q, answers, pos) in enumerate(picked):
+        has, has_c = ask_once(q, f"squad{i}", store, lm)
+        preds.append(has.extract if has.found else "")
+        refs.append(answers)
+        path = work / f"noans_{n}.txt"
+        path.write_text(without_answers(chosen[i][0], answers, pos), encoding="utf-8")
+        store.add(path, "noans")
+        no, no_c = ask_once(q, "noans", store, lm)
+        store.remove_collection("noans")
+        path.unlink()
+        other = (i + 1 + rng.randrange(len(chosen) - 1)) % len(chosen)
+        oth, oth_c = ask_once(q, f"squad{other}", store, lm)
+        noans.append(not no.found)
+        other_declined.append(not oth.found)
+        if has.found:
+            confs.append(has.confidence)
+            right.append(squad_scores([has.extract], [answers])["f1"] >= 50)
+        for a in (no, oth):
+            if a.found:
+                confs.append(a.confidence)
+                right.append(False)
+        row = {"question": q, "answers": answers, "article": i,
+               "windows": {cond: [{"features": c.features, "grounded": c.answer is not None,
+                                   "extract": c.answer.extract if c.answer else "",
+                                   "declined": c.reading.declined} for c in cands]
+                           for cond, cands in (("hasans", has_c), ("noans", no_c), ("other", oth_c))}}
+        if dump is not None:  # a line per question as it comes: a long run can be fitted on before it ends
+            with open(dump, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        if n % 10 == 0:
+            log(f"squad_unanswerable {n}/{len(picked)}: {q!r} -> {preds[-1]!r} (gold {answers[0]!r}); "
+                f"without its answer: {no.extract or 'declined'!r}")
+    s = squad_scores(preds, refs)
+    ece, table = reliability(confs, right)
+    return {"hasans_f1": s["f1"] / 100, "hasans_em": s["exact_match"] / 100,
+            "noans_declined": float(np.mean(noans)), "other_article_declined": float(np.mean(other_declined)),
+            "n": len(picked), "confidence_ece": ece, "answers_given": len(confs), "reliability": table}
+
+
+def ask_dev(lm) -> dict:
+    """``ask`` on the team's own development documents (benchmarks/data/ask_dev: policies, an FAQ,
+    a product sheet, with questions of three kinds): F1 on answerable and qualifier questions,
+    the share declined of unanswerable ones. For tuning; nothing here is a test split."""
+    folder = REPO / "benchmarks" / "data" / "ask_dev"
+    questions = json.loads((folder / "questions.json").read_text())["questions"]
+    store = DocStore(Path(tempfile.mkdtemp()) / "dev.sqlite")
+    by_kind: dict = defaultdict(list)
+    for item in questions:
+        a = ask(item["question"], doc=folder / item["doc"], store=store, lm=lm)
+        if item["answers"]:
+            score = squad_scores([a.extract if a.found else ""], [item["answers"]])["f1"] / 100
+        else:
+            score = float(not a.found)
+        by_kind[item["kind"]].append(score)
+        log(f"ask_dev {item['kind']}: {item['question']!r} -> {a.extract if a.found else 'declined'!r} "
+            f"(confidence {a.confidence}; gold {item['answers'][:1] or 'none'})")
+    return {f"ask_dev_{k}": float(np.mean(v)) for k, v in sorted(by_kind.items())} | {"ask_dev_n": len(questions)}
 
 
 def cap_per_label(rows: list[tuple[str, str]], k: int | None, seed: int = 0) -> list[tuple[str, str]]:
@@ -219,6 +350,8 @@ def main() -> None:
     p.add_argument("--context-sentences", type=int, default=2, help="ask's context_sentences (default 2)")
     p.add_argument("--windows", type=int, default=WINDOWS, help=f"ask's windows, tries on the next sentences "
                    f"(default {WINDOWS})")
+    p.add_argument("--dump", default=None, help="squad_unanswerable: write every question's windows and their "
+                   "confidence features to this JSONL file (tools/fit_ask_confidence.py reads it)")
     args = p.parse_args()
     data = Path(args.data)
     if not (data / "squad").is_dir():
@@ -233,6 +366,9 @@ def main() -> None:
                  ("banking77", lambda: banking(data, args.limit, args.train_per_intent)),
                  ("squad", lambda: squad(data, work, args.limit, lm, args.squad_articles, args.context_sentences,
                                          args.windows)),
+                 ("squad_unanswerable", lambda: squad_unanswerable(
+                     data, work, args.limit, lm, args.squad_articles, Path(args.dump) if args.dump else None)),
+                 ("ask_dev", lambda: ask_dev(lm)),
                  ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm)),
                  ("email_rules", lambda: email_rules(data, args.limit))]
         chosen = args.parts.split(",")
