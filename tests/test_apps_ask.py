@@ -45,6 +45,8 @@ def test_answer_copied_from_the_document_is_extracted_as_is(store, app_lm):
     assert a.found and a.extract == "23 June 1912" and a.sources[0].quote.startswith("Turing was born on 23 June 1912")
 
 
+@pytest.mark.xfail(strict=True, reason="a known miss of the stage-4 adapter with ask's confidence threshold: "
+                   "declined (EVALUATION.md, questions the documents cannot answer)")
 def test_strongly_supported_answer_needs_no_question_word_in_the_context(store, app_lm):
     # "prize" is nowhere in the biography, but the sentence about the Turing Award matches strongly.
     # ("Which prize honours Turing?" was the question until the ranker put "...graduated with

@@ -13,6 +13,7 @@ from serve_util import make_state
 from polytask.cli import main as cli
 from polytask.engine import SamplingParams
 from polytask.serve import create_app
+from polytask.store import DocStore
 
 TURING = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples" / "turing.md"
 
@@ -173,7 +174,8 @@ def test_file_names_are_never_paths(served, name):
     uploads = state.uploads_dir.resolve()
     for p in home.parent.rglob("*evil*"):
         pytest.fail(f"a file was written from the client's name: {p}")
-    stored = [Path(p) for p in state.records.names()]
+    with DocStore(state.store_path) as db:
+        stored = [Path(p) for p in db.upload_names()]
     assert stored and all(p.is_relative_to(uploads) and p.name.startswith("upload") for p in stored)
     docs = client.get("/api/collections/a/documents", headers=auth(keys["a"])).json()["documents"]
     assert all(str(home) not in d["name"] for d in docs)
@@ -363,3 +365,31 @@ def test_no_server_path_no_newline_collection_and_long_names_keep_their_type(ser
     with pytest.raises(Exception, match="collection"):
         check_collection_name("a\n")  # looked like "a" in listings
     assert display_name("z" * 300 + ".txt").endswith(".txt") and len(display_name("z" * 300 + ".txt")) == 200
+
+
+def test_an_upload_is_listed_and_removed_by_its_name_and_its_copy_goes(served, capsys):
+    client, state, keys, _ = served
+    store = ["--store", str(state.store_path)]
+    for name in ("first note.txt", "second note.txt"):
+        r = client.post("/api/collections/b/documents", headers=auth(keys["b"]),
+                        files={"file": (name, f"A note called {name}, about uploads.".encode())})
+        assert r.status_code == 201, r.text
+    with DocStore(state.store_path) as db:
+        copies = {name: Path(p) for p, name in db.upload_names().items()}
+    assert all(copies[n].is_file() for n in ("first note.txt", "second note.txt"))
+    capsys.readouterr()
+    assert cli(["index", "list", "--collection", "b", *store]) == 0
+    listed = capsys.readouterr().out
+    assert "first note.txt  (uploaded)" in listed and "upload.txt" not in listed
+    # The CLI removes an upload by the name it shows, and the copy (with its folder) goes too.
+    assert cli(["index", "remove", "first note.txt", "--collection", "b", *store]) == 0
+    assert not copies["first note.txt"].exists() and not copies["first note.txt"].parent.exists()
+    # So does the web page's delete. A text file has no title of its own: it is titled by its uploaded name.
+    [doc] = client.get("/api/collections/b/documents", headers=auth(keys["b"])).json()["documents"]
+    assert (doc["name"], doc["title"]) == ("second note.txt", "second note")
+    doc_id = doc["id"]
+    assert client.delete(f"/api/collections/b/documents/{doc_id}", headers=auth(keys["b"])).status_code == 200
+    assert not copies["second note.txt"].parent.exists()
+    with DocStore(state.store_path) as db:
+        assert not set(db.upload_names().values()) & {"first note.txt", "second note.txt"}
+
