@@ -26,16 +26,20 @@ def add_model_args(p: argparse.ArgumentParser, adapter: str = "none") -> None:
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help="most tokens to generate (default: %(default)s)")
+    # Left out: the model's recommended value (its generation_config.json), else the engine's default.
+    model = "default: the model's recommended value, else"
+    p.add_argument("--temperature", type=float, help=f"0 = greedy ({model} 0)")
+    p.add_argument("--top-p", type=float, help=f"({model} 1.0 = off)")
+    p.add_argument("--top-k", type=int, help=f"({model} 0 = off)")
+    p.add_argument("--repetition-penalty", type=float, help=f"({model} 1.0 = off)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    return {
+    """The sampling flags given, as SamplingParams fields (``LM.with_defaults`` adds the model's for the rest)."""
+    given = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
@@ -43,6 +47,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         "repetition_penalty": args.repetition_penalty,
         "seed": args.seed,
     }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def load_lm(args: argparse.Namespace):

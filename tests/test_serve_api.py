@@ -393,3 +393,41 @@ def test_an_upload_is_listed_and_removed_by_its_name_and_its_copy_goes(served, c
     with DocStore(state.store_path) as db:
         assert not set(db.upload_names().values()) & {"first note.txt", "second note.txt"}
 
+
+def test_max_tokens_beyond_the_context_is_refused_with_the_limit(served):
+    client, state, keys, _ = served
+    prompt = len(state.lm.tokenizer.encode_chat([{"role": "user", "content": "Hello"}]))
+    room = state.scheduler.max_len - prompt
+    for field in ("max_tokens", "max_completion_tokens"):
+        for stream in (False, True):
+            r = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                            json=chat_body(**{field: room + 1}, stream=stream))
+            message = r.json()["error"]["message"]
+            assert r.status_code == 400 and message.startswith("this server's maximum context length is 512 tokens")
+            assert f"you requested {prompt + room + 1} tokens ({prompt} in the messages, {room + 1} in the " \
+                   f"completion); reduce {field} to at most {room}" in message
+    # Exactly the room left is accepted; a budget left out is the server's default (256), cut to the room.
+    ok = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                     json=chat_body(max_tokens=room, temperature=0)).json()
+    assert ok["usage"]["completion_tokens"] == room and ok["choices"][0]["finish_reason"] == "length"
+    long = [{"role": "user", "content": "word " * 300}]
+    room = state.scheduler.max_len - len(state.lm.tokenizer.encode_chat(long))
+    assert room < state.default_max_tokens
+    cut = client.post("/v1/chat/completions", headers=auth(keys["a"]),
+                      json={"model": "default", "messages": long, "temperature": 0}).json()
+    assert cut["usage"]["completion_tokens"] == room and cut["choices"][0]["finish_reason"] == "length"
+
+
+def test_sampling_left_out_is_the_models_recommendation_and_a_clients_value_wins(served):
+    client, state, keys, _ = served
+    # The tiny model was saved with the default model's generation_config.json (temperature 0.2, top_p 0.9).
+    assert state.lm.sampling_defaults == {"temperature": 0.2, "top_p": 0.9}
+
+    def text(**kw) -> str:
+        r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(max_tokens=16, seed=7, **kw))
+        return r.json()["choices"][0]["message"]["content"]
+
+    left_out = text()
+    assert left_out == text(temperature=0.2, top_p=0.9) == text(temperature=None, top_p=None)
+    assert left_out != text(temperature=1.0, top_p=1.0)  # the random tiny model's tokens are near uniform
+    assert text(top_p=1e-9) == text(temperature=0)  # a client's top_p wins, and the model's temperature stays

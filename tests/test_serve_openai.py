@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from serve_util import live_server, make_state
@@ -125,3 +126,49 @@ def test_non_streaming_client_giving_up_frees_the_slot(server):
             break
         threading.Event().wait(0.01)
     assert s.counts["cancelled"] == before + 1 and s.active == 0
+
+
+def test_max_tokens_beyond_the_context_is_a_bad_request(server):
+    url, key, state = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match=r"maximum context length is 512 tokens \(messages \+ "
+                                                         r"completion\); however, you requested \d+ tokens \(\d+ in "
+                                                         r"the messages, 100000 in the completion\)"):
+            client.chat.completions.create(model=state.model_id, messages=messages, max_tokens=100000, stream=stream)
+
+
+# Questions the default model answers at temperature 0 with the expected word in its first sentence,
+# and did in every one of 12 samples at its recommended temperature 0.2, top_p 0.9 (EVALUATION.md).
+FACTS = [("What is the capital of Germany?", ("berlin",)), ("Who wrote Romeo and Juliet?", ("shakespeare",)),
+         ("How many days are in a week?", ("7", "seven")), ("What is the largest ocean on Earth?", ("pacific",)),
+         ("What is the capital of Japan?", ("tokyo",))]
+
+
+@pytest.fixture(scope="module")
+def default_server(default_dir, tmp_path_factory):
+    state = make_state(default_dir, tmp_path_factory.mktemp("openai_default_home"), max_batch=2 * len(FACTS),
+                       adapter="none")
+    key, _ = state.keys.create(["a"])
+    with live_server(create_app(state)) as url:
+        yield url, key, state
+    state.close()
+
+
+def test_questions_without_sampling_arguments_are_answered_as_at_temperature_zero(default_server):
+    """The model's recommended sampling (temperature 0.2, top_p 0.9), not OpenAI's temperature 1,
+    which often gave off-topic text on these questions (EVALUATION.md)."""
+    url, key, state = default_server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+    def ask(question: str, **sampling) -> str:
+        out = client.chat.completions.create(model=state.model_id, max_tokens=24,
+                                             messages=[{"role": "user", "content": question}], **sampling)
+        return out.choices[0].message.content.lower()
+
+    with ThreadPoolExecutor(2 * len(FACTS)) as pool:  # one batch on the server
+        greedy = pool.map(lambda f: ask(f[0], temperature=0), FACTS)
+        left_out = pool.map(lambda f: ask(f[0]), FACTS)
+        for (question, words), g, d in zip(FACTS, list(greedy), list(left_out), strict=True):
+            assert any(w in g for w in words) and any(w in d for w in words), (question, g, d)

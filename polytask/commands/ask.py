@@ -15,7 +15,7 @@ def register(sub) -> None:
     where.add_argument("--doc", help="a .txt/.md/.html/.docx/.pdf/.eml file (indexed into the store on first use)")
     where.add_argument("--collection", help="a collection built with `polytask index add --collection`")
     p.add_argument("--store", default=None, help="SQLite store file (default: $POLYTASK_HOME/store.sqlite)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer, in tokens (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_args(p, adapter="auto")
     p.set_defaults(func=run)

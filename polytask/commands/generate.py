@@ -28,8 +28,10 @@ def run(args) -> int:
     if (args.prompt is None) == (args.prompt_file is None):
         raise PolytaskError("give a prompt either as an argument or with --prompt-file, not both or neither")
     text = args.prompt if args.prompt is not None else read_text_file(args.prompt_file, "prompt file")
-    params = SamplingParams(**sampling_kwargs(args))  # validate before the model loads
+    given = sampling_kwargs(args)
+    SamplingParams(**given)  # validate the flags before the model loads
     lm = load_lm(args)
+    params = SamplingParams(**lm.with_defaults(given))  # the flags left out: the model's recommended values
     tok = lm.tokenizer
     ids = tok.encode(text) if args.raw else tok.encode_chat(chat_messages(text, args.system))
     start = time.perf_counter()

@@ -164,8 +164,10 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    # Left out (None): the model's recommended sampling (its generation_config.json), as vLLM does;
+    # OpenAI's own default, temperature 1, makes a small model ramble off topic.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
     stream: bool = False
     stop: str | list[str] | None = None
@@ -246,13 +248,23 @@ def create_app(state: ServeState) -> FastAPI:
         if room < 1:
             raise PolytaskError(f"the messages are {len(prompt)} tokens; this server allows "
                                 f"{state.scheduler.max_len} per request (prompt + completion)")
-        wanted = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
+        # A completion budget the context cannot hold is refused, as OpenAI and vLLM do, rather than
+        # cut short without saying so; the server's default budget is cut to the room left.
+        asked, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens
+                        else (body.max_tokens, "max_tokens"))
+        if asked is not None and asked > room:
+            raise PolytaskError(
+                f"this server's maximum context length is {state.scheduler.max_len} tokens (messages + completion); "
+                f"however, you requested {len(prompt) + asked} tokens ({len(prompt)} in the messages, {asked} in "
+                f"the completion); reduce {field} to at most {room} or shorten the messages")
+        sampling = state.lm.with_defaults({"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed})
         # Below 1e-3 sampling is argmax in all but name, and 1/temperature would overflow: greedy.
-        temperature = body.temperature if body.temperature >= 1e-3 else 0.0
+        if sampling.get("temperature", 0.0) < 1e-3:
+            sampling["temperature"] = 0.0
         # top_p below 1e-6 keeps only the likeliest token either way (its probability is at least
         # 1/vocab), and a smaller one rounds to 0 in fp32, which would drop every token.
-        params = SamplingParams(max_new_tokens=min(wanted, room), temperature=temperature,
-                                top_p=max(body.top_p, 1e-6), seed=body.seed)
+        sampling["top_p"] = max(sampling.get("top_p", 1.0), 1e-6)
+        params = SamplingParams(max_new_tokens=asked or min(state.default_max_tokens, room), **sampling)
         stops = [s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s]  # "" stops nothing
         req = state.scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
