@@ -1,5 +1,6 @@
 """The virtual agent over the shipped Brightpath Bikes knowledge base: dialogues that must
-resolve, clarify or hand over, what is stored, and broken knowledge bases."""
+resolve, clarify, decline off-topic messages, say goodbye or hand over, what is stored, and
+broken knowledge bases."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ def test_resolves_with_the_article_cited(db):
 
 def test_clarifies_then_resolves(db):
     agent = Agent(KB, store=db)
-    first = agent.respond("hello")
+    first = agent.respond("delivery or returns")  # two topics, neither clearly
     assert first.action == "clarify" and len(first.candidates) == 2
+    titles = [agent.kb.intents[name].title for name, _ in first.candidates]
+    assert all(title in first.text for title in titles)
     chosen = agent.respond("the first one")
     assert chosen.action == "answer" and chosen.intent == first.candidates[0][0]
 
@@ -46,12 +49,12 @@ def test_hands_over_when_needed_asked_or_unsure(db):
     asked = Agent(KB, store=db).respond("I'd like to speak to a real person")
     assert asked.action == "handoff" and "asked for a person" in asked.handoff["reason"]
     unsure = Agent(KB, store=db)
-    assert unsure.respond("hmm").action == "clarify"
+    assert unsure.respond("the order and the payment").action == "clarify"
     assert unsure.respond("blue").action == "handoff"
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT reason, intent, transcript FROM handoffs ORDER BY id").fetchall()
         assert [r[1] for r in rows][:1] == ["warranty_claim"] and len(rows) == 3
-        assert json.loads(rows[2][2])[0]["text"] == "hmm"
+        assert json.loads(rows[2][2])[0]["text"] == "the order and the payment"
         assert c.execute("SELECT COUNT(*) FROM conversations WHERE status = 'handed_off'").fetchone()[0] == 3
         assert c.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2 * 4
 
@@ -97,17 +100,69 @@ def test_bad_kb_contents(tmp_path):
     kb4 = _broken_kb(tmp_path / "4", "intents:\n  out_of_scope:\n    examples: [hi]\n    answer: x\n")
     with pytest.raises(PolytaskError, match="'out_of_scope' is reserved"):
         load_kb(kb4)
+    kb5 = _broken_kb(tmp_path / "5", "intents:\n  closing:\n    examples: [bye]\n    answer: x\n")
+    with pytest.raises(PolytaskError, match="'closing' is reserved"):
+        load_kb(kb5)
+    kb6 = _broken_kb(tmp_path / "6", one + "closing: [bye, yes]\n")
+    with pytest.raises(PolytaskError, match="'closing' must be a list of phrases; quote True"):
+        load_kb(kb6)
+    kb7 = _broken_kb(tmp_path / "7", one + "topic_similarity: 2\n")
+    with pytest.raises(PolytaskError, match="topic_similarity must be a number between 0 and 1"):
+        load_kb(kb7)
+    kb8 = _broken_kb(tmp_path / "8", one + "scope: [a, b]\n")
+    with pytest.raises(PolytaskError, match="'scope' must be a phrase"):
+        load_kb(kb8)
 
 
-def test_out_of_scope_message_is_not_answered(db):
-    """An off-topic message lands in the KB's out_of_scope class: a clarifying question offering two
-    real topics (never the out-of-scope label), then a hand-off if it stays off-topic."""
+def test_out_of_scope_message_is_told_what_the_agent_can_do(db):
+    """Off-topic: no article and no clarifying question, but what the agent helps with; the
+    conversation goes on."""
     agent = Agent(KB, store=db)
     turn = agent.respond("what will the weather be like in Paris tomorrow")
-    assert turn.action == "clarify" and turn.confidence == 0.0
+    assert turn.action == "out_of_scope" and turn.article is None and turn.confidence == 0.0
+    assert agent.kb.scope in turn.text and "ask for a person" in turn.text
     assert all(name in agent.kb.intents for name, _ in turn.candidates)
-    assert agent.respond("tell me a joke please").action == "handoff"
-    assert Agent(KB, store=db).respond("where is my order").action == "answer"
+    assert agent.respond("where is my order").action == "answer"
+
+
+def test_every_out_of_scope_example_of_the_shipped_kb_is_out_of_scope(db):
+    kb = load_kb(KB)
+    assert len(kb.out_of_scope) >= 10
+    turns = {m: Agent(kb, store=db).respond(m).action for m in kb.out_of_scope}
+    assert {m: a for m, a in turns.items() if a != "out_of_scope"} == {}
+
+
+def test_closing_words_end_the_conversation_politely(db):
+    agent = Agent(KB, store=db)
+    assert agent.respond("how long do refunds take?").action == "answer"
+    bye = agent.respond("that's everything, cheers")
+    assert bye.action == "goodbye" and "Goodbye" in bye.text and bye.article is None
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT status FROM conversations WHERE id = ?", (agent.id,)).fetchone() == ("ended",)
+    # The customer may come back with another question: it is answered, and the conversation reopens.
+    assert agent.respond("actually, do you take PayPal?").intent == "payment_methods"
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT status FROM conversations WHERE id = ?", (agent.id,)).fetchone() == ("open",)
+    # Short replies that are no goodbye do not end it.
+    assert all(Agent(KB, store=db).respond(m).action != "goodbye" for m in ("help me", "hey", "please"))
+
+
+def test_the_reported_messages(db):
+    """Issue #18, tried as a new user would."""
+    def first(message):
+        return Agent(KB, store=db).respond(message)
+    assert first("tell me a joke").action == "out_of_scope"
+    assert first("What's the weather like in Paris?").action == "out_of_scope"
+    assert first("thanks, bye").action == "goodbye"
+    assert first("that's all, thank you").action == "goodbye"
+    charged = first("my card was charged twice")
+    assert charged.action == "answer" and charged.article == "payments.md: Charged twice"
+
+
+def test_cli_says_goodbye(db, capsys):
+    rc = main(["agent", "--kb", str(KB), "--store", str(db), "-m", "where is my parcel", "-m", "thanks, bye"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("(Source: ") == 1 and out.rstrip().endswith("have a good day!")
 
 
 def test_asking_for_a_person_in_the_ways_customers_do_and_not_otherwise():
@@ -126,10 +181,12 @@ def test_asking_for_a_person_in_the_ways_customers_do_and_not_otherwise():
 
 
 def test_one_topic_knowledge_base_clarifies_with_its_one_topic(tmp_path, db):
-    kb = _broken_kb(tmp_path, "intents:\n  hours:\n    title: opening hours\n    examples: [when are you open, "
-                              "what are your opening hours]\n    answer: 9 to 5.\n"
-                              "out_of_scope: [tell me a joke, what is the weather]\n")
-    turn = Agent(kb, store=db).respond("tell me a joke about the weather")  # was a ValueError
+    one = ("intents:\n  hours:\n    title: opening hours\n    examples: [when are you open, "
+           "what are your opening hours]\n    answer: 9 to 5.\nout_of_scope: [tell me a joke, what is the weather]\n")
+    off = Agent(_broken_kb(tmp_path, one), store=db).respond("tell me a joke about the weather")  # was a ValueError
+    assert off.action == "out_of_scope" and "help you here with opening hours." in off.text
+    unsure = _broken_kb(tmp_path / "2", one + "confidence_threshold: 1.0\n")  # nothing is ever sure enough
+    turn = Agent(unsure, store=db).respond("when do you open on Monday")
     assert turn.action == "clarify" and "about opening hours?" in turn.text and len(turn.candidates) == 1
 
 

@@ -3,7 +3,9 @@
 The folder holds Markdown articles and ``intents.yaml``::
 
     company: Brightpath Bikes
+    scope: orders, returns and payments  # what an off-topic message is told (default: the intents' titles)
     confidence_threshold: 0.5        # below it the agent asks a clarifying question
+    topic_similarity: 0.35           # below it (cosine to the closest intent example) a message is off-topic
     intents:
       track_order:
         title: tracking an order     # how a clarifying question names it
@@ -13,14 +15,18 @@ The folder holds Markdown articles and ``intents.yaml``::
         needs_human: false           # true: hand over to a person
     out_of_scope:                    # optional: messages no intent covers ("what's the weather")
       - ...
+    closing:                         # optional: how customers end a conversation ("thanks, that's all")
+      - ...
 
-Each customer message is classified (``IntentClassifier`` over the examples, the
-``out_of_scope`` phrases as one more class that is never answered). A confident,
-self-service intent is answered from the knowledge base with the article cited. An unclear
-message gets one clarifying question naming the two likeliest topics; still unclear after
-that, or an intent that needs a person, or a customer asking for one, ends in a hand-off: a
-record with the conversation and the detected intent. Every message and hand-off is stored
-in the SQLite store (tables ``conversations``, ``messages``, ``handoffs``).
+Each customer message is read by ``IntentClassifier`` over the examples, with the
+``out_of_scope`` and ``closing`` phrases as two more classes that are never answered from an
+article (``KBModel.read``). A closing gets a goodbye. A message of the out-of-scope class, or
+one far from every intent's examples, is told what the agent can help with. A confident,
+self-service intent is answered from the knowledge base with the article cited. A message near
+the topics but unclear gets one clarifying question naming the two likeliest topics; still
+unclear after that, or an intent that needs a person, or a customer asking for one, ends in a
+hand-off: a record with the conversation and the detected intent. Every message and hand-off is
+stored in the SQLite store (tables ``conversations``, ``messages``, ``handoffs``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from polytask.apps.common import open_store
-from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier
+from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier, Prediction
 from polytask.errors import PolytaskError
 from polytask.store import DocStore
 from polytask.store.parsers import parse_file
@@ -56,6 +62,11 @@ ASKS_FOR_PERSON = re.compile(
     r"|(?:real|live) (?:person|human|agent)|human agent|customer service rep(?:resentative)?"
     r"|(?:human|agent|representative|operator|manager),? please|transfer me to|escalate (?:this|it|me) to)\b"
     r"|^\W*(?:an? )?(?:human|agent|representative|operator|person|manager)(?: please)?\W*$", re.I)
+CLOSING = "closing"  # the label of the examples of how customers end a conversation
+RESERVED = (OUT_OF_SCOPE, CLOSING)  # classes of the classifier that are not intents
+# The default: the shipped knowledge base's value, tuned on benchmarks/data/agent_dev.yaml
+# (benchmarks/apps.py --parts agent; EVALUATION.md).
+TOPIC_SIMILARITY = 0.35
 ORDINALS = {"first": 0, "1": 0, "one": 0, "former": 0, "second": 1, "2": 1, "two": 1, "latter": 1}
 
 
@@ -77,6 +88,15 @@ class KnowledgeBase:
     threshold: float
     intents: dict[str, Intent]
     out_of_scope: list[str] = field(default_factory=list)  # phrases no intent covers
+    closing: list[str] = field(default_factory=list)  # phrases that end a conversation
+    topic_similarity: float = TOPIC_SIMILARITY
+    scope: str = ""  # what the agent can help with, in words; "" for the intents' titles
+
+    def scope_text(self) -> str:
+        if self.scope:
+            return self.scope
+        titles = [i.title for i in self.intents.values()]
+        return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
 
     def article_text(self, intent: Intent) -> tuple[str, str]:
         """(article title or section, the opening sentences of the article or its section)."""
@@ -138,24 +158,37 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
             raise PolytaskError(f"{where}: needs_human must be true or false")
         if not (article or spec.get("answer") or needs_human):
             raise PolytaskError(f"{where}: give an article or an answer (or needs_human: true)")
-        if name == OUT_OF_SCOPE:
-            raise PolytaskError(f"{where}: {OUT_OF_SCOPE!r} is reserved; list such phrases under a top-level "
-                                f"'{OUT_OF_SCOPE}:' key")
+        if name in RESERVED:
+            raise PolytaskError(f"{where}: {name!r} is reserved; list such phrases under a top-level "
+                                f"'{name}:' key")
         intents[name] = Intent(name, str(spec.get("title", name.replace("_", " "))), examples, article, section,
                                spec.get("answer"), needs_human)
-    threshold = data.get("confidence_threshold", 0.5)
-    if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
-        raise PolytaskError(f"{path}: confidence_threshold must be a number between 0 and 1")
-    oos = data.get(OUT_OF_SCOPE, [])
-    if not isinstance(oos, list) or not all(isinstance(x, str) for x in oos):
-        raise PolytaskError(f"{path}: '{OUT_OF_SCOPE}' must be a list of phrases")
-    return KnowledgeBase(folder, str(data.get("company", folder.name)), float(threshold), intents, oos)
+    thresholds = {}
+    for key, default in (("confidence_threshold", 0.5), ("topic_similarity", TOPIC_SIMILARITY)):
+        thresholds[key] = data.get(key, default)
+        if isinstance(thresholds[key], bool) or not isinstance(thresholds[key], int | float) \
+                or not 0 <= thresholds[key] <= 1:
+            raise PolytaskError(f"{path}: {key} must be a number between 0 and 1")
+    phrases = {}
+    for key in RESERVED:
+        phrases[key] = data.get(key, [])
+        if not isinstance(phrases[key], list):
+            raise PolytaskError(f"{path}: '{key}' must be a list of phrases")
+        if bad := [x for x in phrases[key] if not isinstance(x, str)]:  # YAML reads `- yes` as true
+            raise PolytaskError(f"{path}: '{key}' must be a list of phrases; quote {bad[0]!r} "
+                                f"(YAML reads it as a {type(bad[0]).__name__})")
+    scope = data.get("scope", "")
+    if not isinstance(scope, str):
+        raise PolytaskError(f"{path}: 'scope' must be a phrase (what the agent can help with)")
+    return KnowledgeBase(folder, str(data.get("company", folder.name)), float(thresholds["confidence_threshold"]),
+                         intents, phrases[OUT_OF_SCOPE], phrases[CLOSING],
+                         float(thresholds["topic_similarity"]), scope.strip())
 
 
 @dataclass
 class Turn:
     text: str
-    action: str  # "answer" | "clarify" | "handoff" | "closed"
+    action: str  # "answer" | "clarify" | "out_of_scope" | "goodbye" | "handoff" | "closed"
     intent: str | None = None
     confidence: float | None = None
     article: str | None = None  # "shipping.md: Tracking your order"
@@ -166,29 +199,85 @@ class Turn:
         return asdict(self)
 
 
-_CLASSIFIERS: dict[tuple, IntentClassifier] = {}
+@dataclass
+class Scores:
+    """What the knowledge base's model says about one message, before any threshold."""
+    prediction: Prediction  # over the intents and the reserved classes
+    topic_similarity: float  # cosine to the closest example of a real intent
 
 
-def kb_classifier(kb: KnowledgeBase) -> IntentClassifier:
+@dataclass
+class Reading:
+    """What the agent makes of one message on its own."""
+    kind: str  # "intent" | "unclear" | "out_of_scope" | "closing"
+    intent: str  # the likeliest real intent (the one answered, or the first offered when unclear)
+    confidence: float  # its probability; 0 when the message is out of scope
+    ranked: list[tuple[str, float]]  # the likeliest real intents, best first
+
+
+def read(s: Scores, threshold: float, topic_similarity: float) -> Reading:
+    """One message's reading at the given thresholds."""
+    p = s.prediction
+    ranked = [(name, c) for name, c in p.ranked if name not in RESERVED][:3]
+    intent, confidence = ranked[0]
+    if p.label == CLOSING and p.confidence >= threshold:
+        kind = "closing"
+    elif p.label in RESERVED or s.topic_similarity < topic_similarity:
+        # Far from every intent's examples the softmax over intents still sums to one, and a
+        # clarifying question would offer two topics the message has nothing to do with.
+        kind, confidence = "out_of_scope", 0.0
+    elif confidence >= threshold:
+        kind = "intent"
+    else:
+        kind = "unclear"
+    return Reading(kind, intent, confidence, ranked)
+
+
+class KBModel:
+    """A knowledge base's classifier (its intents plus the out-of-scope and closing classes) and
+    the embeddings of its intents' examples, to measure how near a message is to any topic."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        intents = [(x, i.name) for i in kb.intents.values() for x in i.examples]
+        rows = intents + [(x, OUT_OF_SCOPE) for x in kb.out_of_scope] + [(x, CLOSING) for x in kb.closing]
+        self.classifier = IntentClassifier()
+        vectors = self.classifier.embedder.encode([t for t, _ in rows])
+        self.classifier.fit([t for t, _ in rows], [y for _, y in rows], vectors)
+        self.intent_examples = vectors[: len(intents)]  # (examples, dim), unit length
+
+    def scores(self, texts: list[str]) -> list[Scores]:
+        vectors = self.classifier.embedder.encode(texts)
+        top = len(RESERVED) + 3  # enough to leave three real intents after the reserved classes
+        preds = self.classifier.predict(texts, top=top, vectors=vectors)
+        topic = (vectors @ self.intent_examples.T).max(axis=1)
+        return [Scores(p, float(t)) for p, t in zip(preds, topic, strict=True)]
+
+    def read(self, texts: list[str], kb: KnowledgeBase) -> list[Reading]:
+        return [read(s, kb.threshold, kb.topic_similarity) for s in self.scores(texts)]
+
+
+_MODELS: dict[tuple, KBModel] = {}
+
+
+def kb_model(kb: KnowledgeBase) -> KBModel:
     key = (str(kb.folder.resolve()), tuple((i.name, tuple(i.examples)) for i in kb.intents.values()),
-           tuple(kb.out_of_scope))
-    if key not in _CLASSIFIERS:
-        texts = [x for i in kb.intents.values() for x in i.examples] + kb.out_of_scope
-        labels = [i.name for i in kb.intents.values() for _ in i.examples] + [OUT_OF_SCOPE] * len(kb.out_of_scope)
-        _CLASSIFIERS[key] = IntentClassifier().fit(texts, labels)
-    return _CLASSIFIERS[key]
+           tuple(kb.out_of_scope), tuple(kb.closing))
+    if key not in _MODELS:
+        _MODELS[key] = KBModel(kb)
+    return _MODELS[key]
 
 
 class Agent:
     def __init__(self, kb: KnowledgeBase | str | Path, store: DocStore | str | Path | None = None,
                  conversation_id: str | None = None) -> None:
         self.kb = kb if isinstance(kb, KnowledgeBase) else load_kb(kb)
-        self.classifier = kb_classifier(self.kb)
+        self.model = kb_model(self.kb)
         self.store = open_store(store)
         self.id = conversation_id or uuid.uuid4().hex[:12]
         self.transcript: list[dict] = []
         self.pending: tuple[str, list[tuple[str, float]]] | None = None  # (unclear message, options offered)
-        self.closed = False
+        self.closed = False  # handed over: a person takes it from here
+        self.ended = False  # the customer said goodbye (and may still come back with another question)
         with self.store.transaction() as db:
             db.execute("INSERT OR IGNORE INTO conversations VALUES (?, ?, ?, 'open')",
                        (self.id, str(self.kb.folder.resolve()), time.time()))
@@ -208,18 +297,37 @@ class Agent:
     def _decide(self, message: str) -> Turn:
         if self.closed:
             return Turn("This conversation has been passed to a colleague, who will reply to you soon.", "closed")
+        if self.ended:
+            self._set_status("open")
+            self.ended = False
         if ASKS_FOR_PERSON.search(message):
             return self._handoff("the customer asked for a person", None, None)
-        intent, confidence, ranked = self._classify(message)
-        if confidence < self.kb.threshold:
-            if self.pending is not None:
+        alone = self.model.read([message], self.kb)[0]
+        if alone.kind == "closing":
+            self.pending = None
+            self.ended = True
+            self._set_status("ended")
+            return Turn(f"Thank you for contacting {self.kb.company}. Goodbye, and have a good day!", "goodbye",
+                        CLOSING, alone.confidence)
+        if self.pending is not None:
+            intent, confidence, ranked = self._resolve(message, alone)
+            if confidence < self.kb.threshold:
                 return self._handoff("not confident after a clarifying question", intent, confidence)
-            options = ranked[:2]  # a knowledge base of one topic offers one
+            self.pending = None
+            return self._answer(intent, confidence, ranked)
+        if alone.kind == "out_of_scope":
+            return Turn(f"I can help you here with {self.kb.scope_text()}. What would you like to know? "
+                        "You can also ask for a person.", "out_of_scope", OUT_OF_SCOPE, 0.0, candidates=alone.ranked)
+        if alone.kind == "unclear":
+            options = alone.ranked[:2]  # a knowledge base of one topic offers one
             about = " or about ".join(self.kb.intents[name].title for name, _ in options)
             self.pending = (message, options)
             return Turn(f"I want to be sure I understand. Is your question about {about}? "
-                        "You can also ask for a person.", "clarify", intent, confidence, candidates=options)
-        self.pending = None
+                        "You can also ask for a person.", "clarify", alone.intent, alone.confidence,
+                        candidates=options)
+        return self._answer(alone.intent, alone.confidence, alone.ranked)
+
+    def _answer(self, intent: str, confidence: float, ranked: list[tuple[str, float]]) -> Turn:
         spec = self.kb.intents[intent]
         if spec.needs_human:
             return self._handoff(f"the issue ({spec.title}) needs a person", intent, confidence)
@@ -231,29 +339,26 @@ class Agent:
         reply = answer + (f"\n(Source: {cite})" if cite else "")
         return Turn(reply, "answer", intent, confidence, cite, candidates=ranked)
 
-    def _classify(self, message: str) -> tuple[str, float, list[tuple[str, float]]]:
-        if self.pending is not None:
-            unclear, options = self.pending
-            words = set(re.findall(r"\w+", message.lower()))
-            for w, i in ORDINALS.items():  # "the first one"
-                if w in words and len(words) <= 4 and i < len(options):
-                    return options[i][0], 1.0, options
-            for name, _ in options:  # "about returns"
-                if set(re.findall(r"\w+", self.kb.intents[name].title.lower())) & words - {"a", "an", "the", "my"}:
-                    pred = self.classifier.predict([message + " " + unclear])[0]
-                    if pred.label == name:
-                        return name, max(pred.confidence, self.kb.threshold), self._scoped(pred)[2]
-            both = self.classifier.predict([unclear + " " + message, message], top=4)
-            return max((self._scoped(p) for p in both), key=lambda r: r[1])
-        return self._scoped(self.classifier.predict([message], top=4)[0])
+    def _resolve(self, message: str, alone: Reading) -> tuple[str, float, list[tuple[str, float]]]:
+        """The customer's answer to a clarifying question: (intent, confidence, ranked intents)."""
+        unclear, options = self.pending
+        words = set(re.findall(r"\w+", message.lower()))
+        for w, i in ORDINALS.items():  # "the first one"
+            if w in words and len(words) <= 4 and i < len(options):
+                return options[i][0], 1.0, options
+        for name, _ in options:  # "about returns"
+            if set(re.findall(r"\w+", self.kb.intents[name].title.lower())) & words - {"a", "an", "the", "my"}:
+                r = self.model.read([message + " " + unclear], self.kb)[0]
+                if r.kind in ("intent", "unclear") and r.intent == name:
+                    return name, max(r.confidence, self.kb.threshold), r.ranked
+        # The answer read with the unclear message, or on its own (it may be a new, clear question).
+        both = [self.model.read([unclear + " " + message], self.kb)[0], alone]
+        best = max(both, key=lambda r: r.confidence if r.kind in ("intent", "unclear") else 0.0)
+        return best.intent, best.confidence if best.kind in ("intent", "unclear") else 0.0, best.ranked
 
-    @staticmethod
-    def _scoped(p) -> tuple[str, float, list[tuple[str, float]]]:
-        """An out-of-scope message: confidence 0 (unclear), and the likeliest real intents to offer."""
-        ranked = [(name, c) for name, c in p.ranked if name != OUT_OF_SCOPE][:3]
-        if p.label == OUT_OF_SCOPE:
-            return ranked[0][0], 0.0, ranked
-        return p.label, p.confidence, ranked
+    def _set_status(self, status: str) -> None:
+        with self.store.transaction() as db:
+            db.execute("UPDATE conversations SET status = ? WHERE id = ?", (status, self.id))
 
     def _handoff(self, reason: str, intent: str | None, confidence: float | None) -> Turn:
         self.closed = True

@@ -38,7 +38,7 @@ def run(args) -> int:
             print(json.dumps({"conversation_id": agent.id, "customer": message.strip(), **turn.to_dict()}), flush=True)
         else:
             print(("" if interactive else f"> {message.strip()}\n") + turn.text, flush=True)
-        if turn.action == "handoff" and interactive:
+        if turn.action in ("handoff", "goodbye") and interactive:
             break
     return 0
 

@@ -77,8 +77,7 @@ def run(args) -> int:
             t = time.perf_counter()
             turn = agent.respond(message)
             print(f"customer: {message}")
-            cited = f" [{turn.article}]" if turn.article else ""
-            print(f"agent ({turn.action}, {time.perf_counter() - t:.2f} s): {turn.text}{cited}")
+            print(f"agent ({turn.action}, {time.perf_counter() - t:.2f} s): {turn.text}")  # the text cites the source
     finally:
         store.close()
     return 0
