@@ -171,7 +171,10 @@ def test_chat_ctrl_c_stops_the_answer_and_a_second_at_the_prompt_quits(default_d
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "polytask", "chat", "--model", str(default_dir),
                              "--temperature", "0", "--max-new-tokens", "400"],
-                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # a terminal's SIGINT: an earlier test may leave it ignored, and a child
+                            # inherits that (Python then installs no KeyboardInterrupt handler)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     got = {proc.stdout.fileno(): b"", proc.stderr.fileno(): b""}
 
