@@ -25,6 +25,9 @@ Last line: one JSON object with
   confidence features for tools/fit_ask_confidence.py.
 - ask_dev_plain / ask_dev_qualifier / ask_dev_unanswerable (``--parts ask_dev``): ``ask`` on the
   team's own development documents (benchmarks/data/ask_dev), for tuning.
+- agent_intent_accuracy, agent_oos_recall, agent_closing_recall, ... (``--parts agent``): the
+  agent over the shipped knowledge base on the team's own messages (benchmarks/data/agent_*.yaml),
+  thresholds tuned on the dev set, measured on the held-out one.
 - reply_rules_accuracy/f1_email_intent: the reply-needed rules alone (no model) on email_intent
   test sentences (the same subset as ``polytask eval --task email_intent --limit N``).
 
@@ -62,7 +65,7 @@ from polytask.store.embed import get_embedder  # noqa: E402
 from polytask.store.text import sentence_spans  # noqa: E402
 from polytask.tasks import get_task  # noqa: E402
 from polytask.tasks.metrics import rouge, squad_scores  # noqa: E402
-from polytask.tasks.qa import answer_sentences  # noqa: E402
+from polytask.tasks.qa import answer_sentences, article_text  # noqa: E402
 
 PAGE_CHARS = 3000
 TURING = REPO / "polytask" / "assets" / "samples" / "turing.md"
@@ -80,14 +83,8 @@ def squad_articles(data: Path, articles: str) -> list[tuple[str, list[tuple[str,
     chosen = {"test": every[38:48], "train": every[10:20], "heldout": every[30:38]}[articles]
     out = []
     for art in chosen:
-        text, qs = "", []
-        for para in art["paragraphs"]:
-            offset = len(text)
-            text += para["context"] + "\n\n"
-            for qa in para["qas"]:
-                answers = [a["text"] for a in qa["answers"]]
-                qs.append((qa["question"], answers, offset + qa["answers"][0]["answer_start"]))
-        out.append((text, qs))
+        text, qas = article_text(art)
+        out.append((text, [(qa["question"], [a["text"] for a in qa["answers"]], pos) for qa, pos in qas]))
     return out
 
 
@@ -230,13 +227,13 @@ def squad_unanswerable(data: Path, work: Path, limit: int | None, lm, articles: 
             "n": len(picked), "confidence_ece": ece, "answers_given": len(confs), "reliability": table}
 
 
-def ask_dev(lm) -> dict:
+def ask_dev(work: Path, lm) -> dict:
     """``ask`` on the team's own development documents (benchmarks/data/ask_dev: policies, an FAQ,
     a product sheet, with questions of three kinds): F1 on answerable and qualifier questions,
     the share declined of unanswerable ones. For tuning; nothing here is a test split."""
     folder = REPO / "benchmarks" / "data" / "ask_dev"
     questions = json.loads((folder / "questions.json").read_text())["questions"]
-    store = DocStore(Path(tempfile.mkdtemp()) / "dev.sqlite")
+    store = DocStore(work / "ask_dev.sqlite")
     by_kind: dict = defaultdict(list)
     for item in questions:
         a = ask(item["question"], doc=folder / item["doc"], store=store, lm=lm)
@@ -321,6 +318,85 @@ def email_rules(data: Path, limit: int | None) -> dict:
             "email_intent_sentences": len(examples)}
 
 
+def agent(work: Path) -> dict:
+    """The virtual agent over the shipped knowledge base (polytask/assets/kb) on the team's own
+    messages: its two thresholds tuned on benchmarks/data/agent_dev.yaml, then the real ``Agent``
+    (a fresh conversation per message, the shipped thresholds) on agent_heldout.yaml. Each
+    message's outcome is the intent answered or handed over for, ``out_of_scope``, ``closing`` (a
+    goodbye) or ``clarify``; a clarifying question counts as wrong for an in-scope message and is
+    the right turn for a vague one (the sets' ``ambiguous:`` messages)."""
+    import yaml
+
+    from polytask.apps.agent import ASKS_FOR_PERSON, CLOSING, Agent, kb_model, load_kb, read
+
+    def messages(name: str) -> list[tuple[str, str]]:
+        d = yaml.safe_load((REPO / "benchmarks" / "data" / name).read_text(encoding="utf-8"))
+        return ([(t, intent) for intent, texts in d["intents"].items() for t in texts]
+                + [(t, OUT_OF_SCOPE) for t in d["out_of_scope"]] + [(t, CLOSING) for t in d["closing"]]
+                + [(t, "clarify") for t in d["ambiguous"]])
+
+    def figures(rows: list[tuple[str, str]], got: list[tuple[str, list[str]]]) -> dict:
+        """``got``: per message its outcome and, for a clarifying question, the two intents offered."""
+        by = defaultdict(list)
+        offered = []
+        for (_, want), (outcome, options) in zip(rows, got, strict=True):
+            by[want if want in (OUT_OF_SCOPE, CLOSING, "clarify") else "in_scope"].append((want, outcome))
+            if want not in (OUT_OF_SCOPE, CLOSING, "clarify"):
+                offered.append(want == outcome or want in options)
+        ins = by["in_scope"]
+        return {"intent_accuracy": float(np.mean([w == o for w, o in ins])),
+                "intent_within_one_question": float(np.mean(offered)),  # right, or offered by the question
+                "clarified": float(np.mean([o == "clarify" for _, o in ins])),
+                "wrong_intent": float(np.mean([o not in (w, "clarify", OUT_OF_SCOPE, CLOSING) for w, o in ins])),
+                "in_scope_called_oos": float(np.mean([o == OUT_OF_SCOPE for _, o in ins])),
+                "oos_recall": float(np.mean([o == OUT_OF_SCOPE for _, o in by[OUT_OF_SCOPE]])),
+                "oos_answered": float(np.mean([o not in (OUT_OF_SCOPE, "clarify") for _, o in by[OUT_OF_SCOPE]])),
+                "closing_recall": float(np.mean([o == CLOSING for _, o in by[CLOSING]])),
+                "ambiguous_clarified": float(np.mean([o == "clarify" for _, o in by["clarify"]])),
+                "in_scope": len(ins), "out_of_scope": len(by[OUT_OF_SCOPE]), "closing": len(by[CLOSING]),
+                "ambiguous": len(by["clarify"])}
+
+    kb = load_kb(REPO / "polytask" / "assets" / "kb")
+    model = kb_model(kb)
+    dev = messages("agent_dev.yaml")
+    scored = model.scores([t for t, _ in dev])
+
+    def dev_outcomes(threshold: float, topic: float) -> list[tuple[str, list[str]]]:
+        out = []  # the agent's first-turn rules, as in Agent._decide
+        for (text, _), scores in zip(dev, scored, strict=True):
+            r = read(scores, threshold, topic)
+            outcome = "talk_to_human" if ASKS_FOR_PERSON.search(text) else \
+                {"intent": r.intent, "unclear": "clarify", "out_of_scope": OUT_OF_SCOPE, "closing": CLOSING}[r.kind]
+            out.append((outcome, [name for name, _ in r.ranked[:2]] if outcome == "clarify" else []))
+        return out
+
+    def objective(g: tuple[float, float]) -> tuple[float, float, float]:
+        # As for CLINC150, the mean of the rates, here of the four kinds of message; of equals, the
+        # highest thresholds, which ask rather than answer when unsure.
+        f = tuned[g]
+        return (f["intent_accuracy"] + f["oos_recall"] + f["closing_recall"] + f["ambiguous_clarified"]) / 4, *g
+
+    grid = [(round(th, 2), round(ts, 3)) for th in np.arange(0.1, 0.95, 0.05) for ts in np.arange(0.2, 0.55, 0.025)]
+    tuned = {g: figures(dev, dev_outcomes(*g)) for g in grid}
+    best = max(grid, key=objective)
+
+    heldout = messages("agent_heldout.yaml")
+    store = DocStore(work / "agent.sqlite")
+    got = []
+    for text, _ in heldout:
+        turn = Agent(kb, store=store).respond(text)
+        got.append(({"answer": turn.intent, "handoff": turn.intent or "talk_to_human", "clarify": "clarify",
+                     "out_of_scope": OUT_OF_SCOPE, "goodbye": CLOSING}[turn.action],
+                    [name for name, _ in turn.candidates] if turn.action == "clarify" else []))
+    wrong = [(t, w, o) for (t, w), (o, _) in zip(heldout, got, strict=True) if w != o]
+    for t, w, o in wrong:
+        log(f"agent heldout: {t!r}: expected {w}, got {o}")
+    return ({f"agent_{k}": v for k, v in figures(heldout, got).items()}
+            | {f"agent_dev_{k}": v for k, v in tuned[best].items() if not isinstance(v, int)}
+            | {"agent_dev_threshold": best[0], "agent_dev_topic_similarity": best[1],
+               "agent_threshold": kb.threshold, "agent_topic_similarity": kb.topic_similarity})
+
+
 def ask_latency(work: Path, lm) -> dict:
     store = DocStore(work / "turing.sqlite")
     qs = ["Where did he get his PhD?", "When was Turing born?", "What did Turing design at Bletchley Park?",
@@ -368,9 +444,10 @@ def main() -> None:
                                          args.windows)),
                  ("squad_unanswerable", lambda: squad_unanswerable(
                      data, work, args.limit, lm, args.squad_articles, Path(args.dump) if args.dump else None)),
-                 ("ask_dev", lambda: ask_dev(lm)),
+                 ("ask_dev", lambda: ask_dev(work, lm)),
                  ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm)),
-                 ("email_rules", lambda: email_rules(data, args.limit))]
+                 ("email_rules", lambda: email_rules(data, args.limit)),
+                 ("agent", lambda: agent(work))]
         chosen = args.parts.split(",")
         unknown = set(chosen) - {n for n, _ in parts}
         if unknown:

@@ -116,7 +116,8 @@ class Answer:
     sources: list[Source] = field(default_factory=list)
     retrieved: list[dict] = field(default_factory=list)  # the passages used (file, location, offsets, score)
     # found: the probability that the answer is right; not found: that declining is (1 - the best
-    # rejected answer's confidence, or the model's own probability of declining when it gave none)
+    # rejected answer's confidence; else the model's own probability of declining when it declined,
+    # 0.5 when its answer was not in the context, 1.0 when nothing in the documents was close)
     confidence: float = 0.0
 
     def to_dict(self) -> dict:
@@ -343,15 +344,14 @@ def grounded_answer(question: str, sentences: list[tuple[Hit, int, int, float]],
         doc_text = db.document_text(hit.doc_id)
         extract = best_extract(text, question, doc_text, s, e)
     features[3] = float(copied is not None)
-    features[5] = question_coverage(question, doc_text[s:e], hits)
+    features[5] = question_coverage(informative, doc_text[s:e])
     source = Source(hit.path, hit.location, hit.page, doc_text[s:e], s, e, hit.start, hit.end, round(score, 4))
     return Candidate(reading, Answer(question, text, True, extract, [source]), features)
 
 
-def question_coverage(question: str, quote: str, hits: list[Hit]) -> float:
+def question_coverage(informative: set[str], quote: str) -> float:
     """The share of the question's informative words (``informative_words``) in the quoted sentence:
     an answer from a sentence that names none of what the question asks about is suspect."""
-    informative = informative_words(question, hits)
     return len(informative & stems(quote)) / len(informative) if informative else 1.0
 
 

@@ -39,7 +39,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(a.to_dict()))
         return 0
-    print(a.text)
+    print(a.text if not a.found else f"{a.text}\n(confidence {a.confidence:.2f})")
     for s in a.sources:
         where = f", {s.location}" if s.location else ""
         print(f'\nSource: {s.file}{where} (characters {s.start}-{s.end}):\n  "{s.quote}"')

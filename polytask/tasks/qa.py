@@ -75,6 +75,17 @@ class Squad(Task):
         return squad_scores(first_lines, [ex.answers for ex in examples])
 
 
+def article_text(article: dict) -> tuple[str, list[tuple[dict, int]]]:
+    """A SQuAD article as one document (its paragraphs, a blank line apart) and its questions, each
+    with its first answer's character offset in that text."""
+    text, qas = "", []
+    for para in article["paragraphs"]:
+        offset = len(text)
+        text += para["context"] + "\n\n"
+        qas += [(qa, offset + qa["answers"][0]["answer_start"]) for qa in para["qas"]]
+    return text, qas
+
+
 class _Article:
     """An article as ``ask`` reads it: the text, its usable sentences and their embeddings, and
     its questions with the answer's character position in the text."""
@@ -82,11 +93,7 @@ class _Article:
     def __init__(self, article: dict, embedder) -> None:
         from polytask.store.text import is_fragment, sentence_spans
 
-        text, self.qas = "", []
-        for para in article["paragraphs"]:
-            offset = len(text)
-            text += para["context"] + "\n\n"
-            self.qas += [(qa, offset + qa["answers"][0]["answer_start"]) for qa in para["qas"]]
+        text, self.qas = article_text(article)
         self.spans = sentence_spans(text)
         self.sentences = [text[s:e] for s, e in self.spans]
         self.usable = [i for i, (s, e) in enumerate(self.spans) if not is_fragment(text[s:e])]
