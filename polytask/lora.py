@@ -265,18 +265,18 @@ def save_adapter(
 
     from safetensors.torch import save_file
 
-    from polytask.weights import _atomic_dir, _publish, check_replaceable
+    from polytask.weights import atomic_dir, check_replaceable, publish
 
     out = Path(out)
     check_replaceable(out)
     # model.layers.0.self_attn.q_proj.lora_A -> base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
     tensors = {f"{PEFT_PREFIX}{name}.weight": t.to(dtype).contiguous() for name, t in state.items()}
-    tmp = _atomic_dir(out)
+    tmp = atomic_dir(out)
     try:
         meta = {"format": "pt", "polytask_base": json.dumps(fingerprint, sort_keys=True)}
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=meta)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config(cfg, base_name), indent=2) + "\n")
-        _publish(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -158,8 +158,8 @@ def load_into(model: Llama, sd: dict[str, torch.Tensor], where: str, dtype: torc
     return model
 
 
-def _atomic_dir(out: Path):
-    """A temporary sibling folder that ``_publish`` renames to ``out`` when complete."""
+def atomic_dir(out: Path):
+    """A temporary sibling folder that ``publish`` renames to ``out`` when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
 
@@ -174,7 +174,7 @@ _MODEL_FILES = re.compile(
 
 
 def check_replaceable(out: Path) -> None:
-    """Refuse to write a model or adapter folder over anything but an older one: ``_publish``
+    """Refuse to write a model or adapter folder over anything but an older one: ``publish``
     replaces the whole folder, and a folder of other files (a run dir, notes) must not go."""
     if not out.exists():
         return
@@ -189,7 +189,7 @@ def check_replaceable(out: Path) -> None:
         )
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def publish(tmp: Path, out: Path) -> None:
     tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is ordinary shared data
     for f in tmp.iterdir():
         f.chmod(0o644)
@@ -220,7 +220,7 @@ def save_pretrained(
         sd.pop("lm_head.weight", None)
     dtype = dtype or next(iter(sd.values())).dtype
     sd = {k: v.to(dtype) for k, v in sd.items()}
-    tmp = _atomic_dir(out)
+    tmp = atomic_dir(out)
     try:
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
@@ -248,7 +248,7 @@ def save_pretrained(
             for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
                 if (Path(tokenizer_dir) / name).exists():
                     shutil.copy(Path(tokenizer_dir) / name, tmp / name)
-        _publish(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -27,26 +26,9 @@ CACHE_VERSION = 1
 END_OF_TURN = "<|im_end|>"
 
 
-@lru_cache(maxsize=8)
-def _compiled_template(template: str):
-    from polytask.tokenizer import _jinja_env
-
-    return _jinja_env().from_string(template)
-
-
 def render_prompt(tokenizer, prompt: list[dict] | str) -> str:
-    """The prompt text up to the assistant's answer. Same output as ``tokenizer.render_chat(...,
-    add_generation_prompt=True)``, with the template compiled once (rendering 100k examples)."""
-    if isinstance(prompt, str):
-        return prompt
-    if not tokenizer.chat_template:
-        return tokenizer.render_chat(prompt, add_generation_prompt=True)
-    return _compiled_template(tokenizer.chat_template).render(
-        messages=prompt,
-        add_generation_prompt=True,
-        bos_token=tokenizer.bos_token or "",
-        eos_token=tokenizer.eos_token or "",
-    )
+    """The prompt text up to the assistant's answer (a plain string is a raw prompt already)."""
+    return prompt if isinstance(prompt, str) else tokenizer.render_chat(prompt, add_generation_prompt=True)
 
 
 def end_of_turn_id(tokenizer) -> int:

@@ -15,12 +15,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -28,7 +27,8 @@ from polytask import __version__
 from polytask.engine import SEED_MAX, SEED_MIN, SamplingParams
 from polytask.errors import PolytaskError
 from polytask.scheduler import QueueFull, RequestTimeout, Scheduler
-from polytask.serve.keys import ApiKey, KeyStore
+from polytask.serve.auth import Key
+from polytask.serve.keys import KeyStore
 from polytask.serve.metrics import Metrics
 from polytask.serve.records import Records
 
@@ -84,21 +84,6 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-bearer = HTTPBearer(auto_error=False, description="An API key from `polytask keys create`.")
-
-
-def current_key(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if creds is None:
-        raise HTTPException(401, "missing API key: send 'Authorization: Bearer KEY' "
-                                 "(create a key with `polytask keys create --collection NAME`)", challenge)
-    key = request.app.state.polytask.keys.verify(creds.credentials)
-    if key is None:
-        raise HTTPException(401, "invalid or revoked API key", challenge)
-    return key
-
-
-Key = Annotated[ApiKey, Depends(current_key)]
 
 
 class LimitsAndMetrics:

@@ -17,7 +17,7 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from polytask.errors import PolytaskError
-from polytask.serve.app import Key
+from polytask.serve.auth import Key
 from polytask.serve.keys import COLLECTION_NAME, ApiKey
 from polytask.serve.records import display_name, upload_path
 from polytask.store import DocStore
