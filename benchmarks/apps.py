@@ -27,7 +27,12 @@ Last line: one JSON object with
   team's own development documents (benchmarks/data/ask_dev), for tuning.
 - agent_intent_accuracy, agent_oos_recall, agent_closing_recall, ... (``--parts agent``): the
   agent over the shipped knowledge base on the team's own messages (benchmarks/data/agent_*.yaml),
-  thresholds tuned on the dev set, measured on the held-out one.
+  thresholds tuned on the dev and held-out sets (agent_dev_* / agent_heldout_*), measured on the
+  test set (agent_test.yaml), which nothing was tuned on.
+- heading_only, unsupported_names_rate, cnndm_rougeL, samsum_rougeL, ... (``--parts summaries``,
+  not in the default parts): ``summarize`` on the team's development documents
+  (benchmarks/data/summaries), the 250 CNN/DM test articles and 100 SAMSum test chats; see
+  ``summaries``.
 - reply_rules_accuracy/f1_email_intent: the reply-needed rules alone (no model) on email_intent
   test sentences (the same subset as ``polytask eval --task email_intent --limit N``).
 
@@ -307,6 +312,90 @@ def samsum(data: Path, limit: int | None, lm) -> dict:
             "samsum_dialogues": len(rows)}
 
 
+def summaries(data: Path, work: Path, limit: int | None, lm) -> dict:
+    """``summarize`` as a person gets it (the CLI's and the server's path: documents on the base
+    model, a chat transcript's short summary from the multi-task adapter when ``lm`` carries it).
+
+    The team's development set (benchmarks/data/summaries: ten documents and the summary a person
+    wrote for each) at all three lengths, the first ``limit`` CNN/DM test articles (all 250 by
+    default) and the first 100 SAMSum test chats (``limit`` if fewer) at the short length.
+    heading_only: summaries that are a heading or a title alone, or hold no sentence (dev + cnndm);
+    unsupported_names_rate: share of summaries with a number or capitalized name that does not
+    occur in their source (dev + cnndm; per set in the *_dev / *_cnndm / *_samsum figures); for a
+    long summary, its section summaries are checked. quoted_rate: share of summaries that are the
+    document's own central sentences because none of the model's passed the check. ROUGE-L F (0-1):
+    dev short and medium against the written summaries, cnndm against the highlights, samsum
+    against the reference."""
+    from polytask.apps.common import base_lm
+    from polytask.apps.summarize import is_heading_only, summarize, unsupported_names
+    from polytask.store import parse_file
+
+    doc_lm = base_lm(lm)
+    chat_lm = (lambda: lm) if uses_multitask(lm) else None
+    checks: dict[str, list[tuple[bool, bool]]] = defaultdict(list)  # set -> (heading only, unsupported)
+    quoted: dict[str, list[bool]] = defaultdict(list)  # set -> whether the summary is the source's own sentences
+
+    def run(path: Path, length: str, where: str) -> str:
+        doc = parse_file(path)
+        s = summarize(path, length, lm=doc_lm, chat_lm=chat_lm)
+        texts = [x["summary"] for x in s.sections] if s.sections else [s.text]
+        headings = [doc.title, *{b.location for b in doc.blocks}]
+        heading = any(is_heading_only(t, headings) for t in texts)
+        bad = [w for t in texts for w in unsupported_names(t, doc.text)]
+        checks[where].append((heading, bool(bad)))
+        quoted[where].append(s.quoted)
+        if heading or bad:
+            log(f"summaries {where} {path.name} {length}: heading only {heading}, unsupported {bad}: {s.text[:300]!r}")
+        return s.text
+
+    dev = REPO / "benchmarks" / "data" / "summaries"
+    written = json.loads((dev / "references.json").read_text(encoding="utf-8"))
+    dev_preds: dict[str, list[str]] = defaultdict(list)
+    t0 = time.perf_counter()
+    for name in sorted(written):
+        for length in LENGTHS:
+            dev_preds[length].append(run(dev / name, length, "dev"))
+    dev_s = time.perf_counter() - t0
+    refs = [[written[n]] for n in sorted(written)]
+
+    rows = [json.loads(x) for x in (data / "cnndm_test_frank" / "cnndm_test_frank250.jsonl").open(encoding="utf-8")]
+    rows = rows[: limit or None]
+    t0 = time.perf_counter()
+    cnndm_preds = []
+    for i, r in enumerate(rows):
+        path = work / f"cnndm_{i}.txt"
+        path.write_text(r["article"], encoding="utf-8")
+        cnndm_preds.append(run(path, "short", "cnndm"))
+        if i % 10 == 0:
+            log(f"summaries cnndm {i}/{len(rows)}: {cnndm_preds[-1]!r}")
+    cnndm_s = time.perf_counter() - t0
+
+    chats = json.loads((data / "samsum" / "test.json").read_text(encoding="utf-8"))[: min(limit or 100, 100)]
+    samsum_preds = []
+    for i, r in enumerate(chats):
+        path = work / f"samsum_{i}.txt"
+        path.write_text(r["dialogue"], encoding="utf-8")
+        samsum_preds.append(run(path, "short", "samsum"))
+
+    def rouge_l(preds, refs):
+        return rouge(preds, refs, ("rougeL",))["rougeL"] / 100
+
+    def rate(where, k):
+        return float(np.mean([c[k] for c in checks[where]]))
+
+    both = checks["dev"] + checks["cnndm"]
+    return {"heading_only": sum(h for h, _ in both), "unsupported_names_rate": float(np.mean([u for _, u in both])),
+            "heading_only_dev": sum(h for h, _ in checks["dev"]), "unsupported_names_rate_dev": rate("dev", 1),
+            "unsupported_names_rate_cnndm": rate("cnndm", 1), "unsupported_names_rate_samsum": rate("samsum", 1),
+            "dev_rougeL_short": rouge_l(dev_preds["short"], refs),
+            "dev_rougeL_medium": rouge_l(dev_preds["medium"], refs),
+            "cnndm_rougeL": rouge_l(cnndm_preds, [[r["reference"]] for r in rows]),
+            "samsum_rougeL": rouge_l(samsum_preds, [[r["summary"]] for r in chats]),
+            "quoted_rate_dev": float(np.mean(quoted["dev"])), "quoted_rate_cnndm": float(np.mean(quoted["cnndm"])),
+            "dev_summaries": len(checks["dev"]), "cnndm_articles": len(rows), "samsum_chats": len(chats),
+            "dev_seconds": dev_s, "cnndm_seconds_per_article": cnndm_s / max(1, len(rows))}
+
+
 def email_rules(data: Path, limit: int | None) -> dict:
     """The reply-needed rules (no model) on email_intent test sentences: the same subset as
     ``polytask eval --task email_intent --limit N``, to compare with the adapter's figure."""
@@ -320,11 +409,13 @@ def email_rules(data: Path, limit: int | None) -> dict:
 
 def agent(work: Path) -> dict:
     """The virtual agent over the shipped knowledge base (polytask/assets/kb) on the team's own
-    messages: its two thresholds tuned on benchmarks/data/agent_dev.yaml, then the real ``Agent``
-    (a fresh conversation per message, the shipped thresholds) on agent_heldout.yaml. Each
-    message's outcome is the intent answered or handed over for, ``out_of_scope``, ``closing`` (a
-    goodbye) or ``clarify``; a clarifying question counts as wrong for an in-scope message and is
-    the right turn for a vague one (the sets' ``ambiguous:`` messages)."""
+    messages: its two thresholds tuned on benchmarks/data/agent_dev.yaml + agent_heldout.yaml
+    together (``agent_dev_*`` and ``agent_heldout_*``: each set's figures at the tuned
+    thresholds), then the real ``Agent`` (a fresh conversation per message, the shipped
+    thresholds) on agent_test.yaml (``agent_*``), whose messages are neither tuned on nor printed.
+    Each message's outcome is the intent answered or handed over for, ``out_of_scope``,
+    ``closing`` (a goodbye) or ``clarify``; a clarifying question counts as wrong for an in-scope
+    message and is the right turn for a vague one (the sets' ``ambiguous:`` messages)."""
     import yaml
 
     from polytask.apps.agent import ASKS_FOR_PERSON, CLOSING, Agent, kb_model, load_kb, read
@@ -358,12 +449,13 @@ def agent(work: Path) -> dict:
 
     kb = load_kb(REPO / "polytask" / "assets" / "kb")
     model = kb_model(kb)
-    dev = messages("agent_dev.yaml")
-    scored = model.scores([t for t, _ in dev])
+    tuning = {name: messages(f"agent_{name}.yaml") for name in ("dev", "heldout")}
+    rows = [row for part in tuning.values() for row in part]
+    scored = model.scores([t for t, _ in rows])
 
-    def dev_outcomes(threshold: float, topic: float) -> list[tuple[str, list[str]]]:
+    def outcomes(threshold: float, topic: float) -> list[tuple[str, list[str]]]:
         out = []  # the agent's first-turn rules, as in Agent._decide
-        for (text, _), scores in zip(dev, scored, strict=True):
+        for (text, _), scores in zip(rows, scored, strict=True):
             r = read(scores, threshold, topic)
             outcome = "talk_to_human" if ASKS_FOR_PERSON.search(text) else \
                 {"intent": r.intent, "unclear": "clarify", "out_of_scope": OUT_OF_SCOPE, "closing": CLOSING}[r.kind]
@@ -373,28 +465,34 @@ def agent(work: Path) -> dict:
     def objective(g: tuple[float, float]) -> tuple[float, float, float]:
         # As for CLINC150, the mean of the rates, here of the four kinds of message; of equals, the
         # highest thresholds, which ask rather than answer when unsure.
-        f = tuned[g]
+        f = figures(rows, tuned[g])
         return (f["intent_accuracy"] + f["oos_recall"] + f["closing_recall"] + f["ambiguous_clarified"]) / 4, *g
 
     grid = [(round(th, 2), round(ts, 3)) for th in np.arange(0.1, 0.95, 0.05) for ts in np.arange(0.2, 0.55, 0.025)]
-    tuned = {g: figures(dev, dev_outcomes(*g)) for g in grid}
+    tuned = {g: outcomes(*g) for g in grid}
     best = max(grid, key=objective)
+    out = {"agent_dev_threshold": best[0], "agent_dev_topic_similarity": best[1],
+           "agent_threshold": kb.threshold, "agent_topic_similarity": kb.topic_similarity}
+    start = 0
+    for name, part in tuning.items():
+        got = tuned[best][start : start + len(part)]
+        start += len(part)
+        out |= {f"agent_{name}_{k}": v for k, v in figures(part, got).items() if not isinstance(v, int)}
+        for (t, w), (o, _) in zip(part, got, strict=True):
+            if w != o:
+                log(f"agent {name} (tuning): {t!r}: expected {w}, got {o}")
 
-    heldout = messages("agent_heldout.yaml")
+    test = messages("agent_test.yaml")
     store = DocStore(work / "agent.sqlite")
     got = []
-    for text, _ in heldout:
+    for text, _ in test:
         turn = Agent(kb, store=store).respond(text)
         got.append(({"answer": turn.intent, "handoff": turn.intent or "talk_to_human", "clarify": "clarify",
                      "out_of_scope": OUT_OF_SCOPE, "goodbye": CLOSING}[turn.action],
                     [name for name, _ in turn.candidates] if turn.action == "clarify" else []))
-    wrong = [(t, w, o) for (t, w), (o, _) in zip(heldout, got, strict=True) if w != o]
-    for t, w, o in wrong:
-        log(f"agent heldout: {t!r}: expected {w}, got {o}")
-    return ({f"agent_{k}": v for k, v in figures(heldout, got).items()}
-            | {f"agent_dev_{k}": v for k, v in tuned[best].items() if not isinstance(v, int)}
-            | {"agent_dev_threshold": best[0], "agent_dev_topic_similarity": best[1],
-               "agent_threshold": kb.threshold, "agent_topic_similarity": kb.topic_similarity})
+    # The test messages' errors are counted, not printed: read, they would become tuning data.
+    log(f"agent test: {sum(w != o for (_, w), (o, _) in zip(test, got, strict=True))} of {len(test)} wrong")
+    return {f"agent_{k}": v for k, v in figures(test, got).items()} | out
 
 
 def ask_latency(work: Path, lm) -> dict:
@@ -446,6 +544,7 @@ def main() -> None:
                      data, work, args.limit, lm, args.squad_articles, Path(args.dump) if args.dump else None)),
                  ("ask_dev", lambda: ask_dev(work, lm)),
                  ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm)),
+                 ("summaries", lambda: summaries(data, work, args.limit, lm)),
                  ("email_rules", lambda: email_rules(data, args.limit)),
                  ("agent", lambda: agent(work))]
         chosen = args.parts.split(",")

@@ -42,6 +42,20 @@ def test_clarifies_then_resolves(db):
     assert chosen.action == "answer" and chosen.intent == first.candidates[0][0]
 
 
+def test_a_topic_without_a_request_is_asked_about(db):
+    """The vague class: a topic named but no request gets a clarifying question about that topic's
+    intents, although one of them is the nearest by far; the answer to it is then resolved."""
+    agent = Agent(KB, store=db)
+    first = agent.respond("something about my delivery")
+    assert first.action == "clarify" and {name for name, _ in first.candidates} <= {
+        "track_order", "delivery_times", "change_address"}
+    chosen = agent.respond("tracking it")
+    assert chosen.action == "answer" and chosen.intent == "track_order"
+    payments = Agent(KB, store=db).respond("I have a query regarding payments")
+    assert payments.action == "clarify"
+    assert all(name in ("payment_methods", "payment_failed", "duplicate_charge") for name, _ in payments.candidates)
+
+
 def test_hands_over_when_needed_asked_or_unsure(db):
     claim = Agent(KB, store=db).respond("my frame has cracked after two months")
     assert claim.action == "handoff" and claim.intent == "warranty_claim"
@@ -103,6 +117,12 @@ def test_bad_kb_contents(tmp_path):
     kb5 = _broken_kb(tmp_path / "5", "intents:\n  closing:\n    examples: [bye]\n    answer: x\n")
     with pytest.raises(PolytaskError, match="'closing' is reserved"):
         load_kb(kb5)
+    kb5b = _broken_kb(tmp_path / "5b", "intents:\n  vague:\n    examples: [about my order]\n    answer: x\n")
+    with pytest.raises(PolytaskError, match="'vague' is reserved"):
+        load_kb(kb5b)
+    kb5c = _broken_kb(tmp_path / "5c", one + "vague: about my order\n")
+    with pytest.raises(PolytaskError, match="'vague' must be a list of phrases"):
+        load_kb(kb5c)
     kb6 = _broken_kb(tmp_path / "6", one + "closing: [bye, yes]\n")
     with pytest.raises(PolytaskError, match="'closing' must be a list of phrases; quote True"):
         load_kb(kb6)

