@@ -259,10 +259,6 @@ def validate(cfg: TrainConfig) -> None:
     cfg.data.__post_init__()  # the data section's own checks, now on the merged values
 
 
-def from_dict(d: dict, where: str) -> TrainConfig:
-    return apply(TrainConfig(), d, where)
-
-
 # ---------------------------------------------------------------------------------------------
 # TOML output (tomllib only reads)
 

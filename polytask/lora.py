@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polytask.errors import PolytaskError
-from polytask.model import Llama, ModelConfig
+from polytask.model import Llama, ModelConfig, unwrap
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -143,7 +143,7 @@ def apply_lora(model: Llama, cfg: LoraConfig, scaling: float | None = None) -> L
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
-    inner = model.module if hasattr(model, "module") else model  # DDP
+    inner = unwrap(model)
     return {name: m for name, m in inner.named_modules() if isinstance(m, LoRALinear)}
 
 
@@ -224,7 +224,7 @@ def base_fingerprint(cfg: ModelConfig, final_norm: torch.Tensor | None) -> dict:
 
 def model_fingerprint(model: nn.Module) -> dict:
     """Collective under FSDP2 (the final norm may be sharded)."""
-    inner = model.module if hasattr(model, "module") else model
+    inner = unwrap(model)
     return base_fingerprint(inner.config, _full(inner.model.norm.weight))
 
 

@@ -10,7 +10,7 @@ parallelism is applied from outside (``polytask.train.parallelize``), generation
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +45,6 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
     def num_params(self) -> int:
         """Parameter count without instantiating the model."""
         h = self.head_dim
@@ -60,6 +55,11 @@ class ModelConfig:
         per_layer = attn + mlp + 2 * self.dim
         emb = self.vocab_size * self.dim
         return emb * (1 if self.tie_embeddings else 2) + self.num_layers * per_layer + self.dim
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a wrapper that holds it as ``.module`` (DDP), or the model itself."""
+    return model.module if hasattr(model, "module") else model
 
 
 def training_flops(model: nn.Module, seq_len: int) -> tuple[float, float]:
@@ -222,9 +222,6 @@ class RMSNorm(nn.Module):
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
 
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-
 
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables, (max_len, head_dim), in the 'rotate half' layout of HF checkpoints."""
@@ -284,7 +281,6 @@ class KVCache:
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.pos = 0  # next slot to write (same for all rows: rows are left-aligned by padding)
-        self.pad: torch.Tensor | None = None  # (batch,) number of left-pad slots per row
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's keys/values (batch, kv_heads, t, head_dim); return all keys/values so far."""
@@ -296,13 +292,6 @@ class KVCache:
     def advance(self, t: int) -> None:
         """Called once per forward, after every layer stored its ``t`` new positions."""
         self.pos += t
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep only the rows in ``index`` (finished sequences leave the batch)."""
-        self.k = self.k[:, index]
-        self.v = self.v[:, index]
-        if self.pad is not None:
-            self.pad = self.pad[index]
 
 
 # Up to this many keys, bf16 training on CPU runs attention in fp32: PyTorch's CPU flash-attention

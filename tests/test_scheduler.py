@@ -90,6 +90,10 @@ def test_cancel_frees_the_slot(sched):
         req.cancel()
     assert list(it) is not None and req.finish_reason == "cancelled"
     follow = sched.submit(prompts(1)[0], SamplingParams(max_new_tokens=3, stop_ids=[])).result()
+    # A request's result is ready before the scheduler's thread drops its row: wait for that.
+    deadline = time.monotonic() + 30
+    while sched.active and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(follow.tokens) == 3 and sched.active == 0
     assert sched.counts["cancelled"] == 1
 

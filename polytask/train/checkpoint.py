@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from polytask.errors import PolytaskError
 from polytask.lora import LoraConfig, apply_lora, merge_lora
-from polytask.model import Llama, ModelConfig, build_model
+from polytask.model import Llama, ModelConfig, build_model, unwrap
 
 TRAIN_STATE = "train_state.pt"
 
@@ -47,7 +47,7 @@ def _is_zero1(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def _fqns(model: nn.Module) -> dict[nn.Parameter, str]:
-    inner = model.module if hasattr(model, "module") else model
+    inner = unwrap(model)
     return {p: name for name, p in inner.named_parameters()}
 
 

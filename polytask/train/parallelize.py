@@ -146,7 +146,3 @@ def parallelize(
         model, process_group=dp_mesh.get_group(), device_ids=[device.index] if device.type == "cuda" else None,
         gradient_as_bucket_view=True,
     )
-
-
-def unwrap(model: nn.Module) -> Llama:
-    return model.module if hasattr(model, "module") else model
