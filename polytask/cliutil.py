@@ -9,20 +9,28 @@ import torch
 from polytask.errors import PolytaskError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ["fp32", "bf16", "int8", "int4"]
 
 
 def add_model_args(p: argparse.ArgumentParser, adapter: str = "none") -> None:
     """``adapter``: the ``--adapter`` default; the applications pass ``auto`` (the shipped multi-task
     adapter on the embedded default model)."""
     p.add_argument(
-        "--model", default="default", help="default | a cached model name | a Hugging Face-layout folder | a .gguf file"
+        "--model", default="default",
+        help="default | a cached model name | a Hugging Face-layout folder | a .gguf file | an ONNX export folder "
+        "(--backend onnx)"
     )
     p.add_argument(
         "--adapter", default=adapter,
         help="a LoRA adapter: a folder (PEFT layout), a shipped name (polytask-multitask), auto (the shipped "
         f"multi-task adapter on the default model, none on others) or none (default: {adapter})",
     )
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype for inference (default fp32)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="torch (polytask's model) or onnx (ONNX Runtime; the model is exported into the cache on "
+                   "first use, or --model names an ONNX export folder) (default: torch)")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS, default=None,
+                   help="weights: fp32, bf16 (torch only), int8 or int4 (onnx only) (default: fp32; an ONNX "
+                   "export folder's own); --dtype is the same option")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -55,7 +63,12 @@ def load_lm(args: argparse.Namespace):
     from polytask.runtime import LM, keep_freed_memory
 
     keep_freed_memory()  # its forwards reuse freed activation memory instead of page-faulting it in again
-    return LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
+    return LM.load(args.model, adapter=args.adapter, **model_options(args))
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """``LM.load``'s backend and precision from ``add_model_args``'s flags."""
+    return {"backend": args.backend, "precision": args.precision}
 
 
 def read_text_file(path: str, what: str = "file") -> str:

@@ -17,6 +17,7 @@ import torch
 
 from polytask.errors import PolytaskError
 from polytask.model import KVCache, Llama, can_pack, pack_projections
+from polytask.onnx_model import OnnxLlama
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 
@@ -94,7 +95,8 @@ def _memory_bytes() -> int:
 class Engine:
     """``lookahead``: at most this many draft tokens per step for greedy decoding (prompt-lookup
     speculation: ``_stream_lookup`` for one prompt, ``_generate_lookup_batch`` for several, where
-    it is also capped by BATCH_LOOKAHEAD); 0 turns it off.
+    it is also capped by BATCH_LOOKAHEAD, and which needs a backend that runs windows of several
+    positions for several rows: torch, not ONNX Runtime, see ``onnx_model``); 0 turns it off.
 
     ``pack``: decode batches of B > 1 rows with the projection weights packed for B rows
     (MKL's packed GEMM, see ``model.Projection``), and, for batched greedy decoding with
@@ -107,12 +109,19 @@ class Engine:
     """
 
     def __init__(
-        self, model: Llama, stop_ids: list[int], pad_id: int = 0, lookahead: int = 8, pack: bool | None = None
+        self, model: Llama | OnnxLlama, stop_ids: list[int], pad_id: int = 0, lookahead: int = 8,
+        pack: bool | None = None,
     ) -> None:
         self.model = model.eval()
         self.stop_ids = list(stop_ids)
         self.pad_id = pad_id
         self.lookahead = lookahead
+        self.pack = self.pack_windows = False
+        if isinstance(model, OnnxLlama):  # its own cache dtype and no packing (an MKL feature of torch)
+            self.dtype, self.device = model.cache_dtype, model.device
+            self.batched_windows = model.batched_windows
+            return
+        self.batched_windows = True
         self.dtype = model.model.embed_tokens.weight.dtype
         self.device = model.model.embed_tokens.weight.device
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -357,7 +366,8 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Completion]:
         params = params or SamplingParams()
-        if len(prompts) > 1 and params.temperature == 0 and params.repetition_penalty == 1.0 and self.lookahead:
+        if (len(prompts) > 1 and params.temperature == 0 and params.repetition_penalty == 1.0 and self.lookahead
+                and self.batched_windows):
             return self._generate_lookup_batch(prompts, params)
         results = [Completion() for _ in prompts]
         finished = [False] * len(prompts)

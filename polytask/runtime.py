@@ -40,13 +40,38 @@ def sampling_defaults(model_dir: Path) -> dict:
     return values
 
 
+BACKENDS = ("torch", "onnx")
+TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def check_backend(backend: str, precision: str | None) -> None:
+    """One line for a backend or precision that is not one polytask runs, or a pair that does not go."""
+    from polytask.onnx_export import ONNX_PRECISIONS, check_precision
+
+    if backend not in BACKENDS:
+        raise PolytaskError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    if precision is None:
+        return
+    if backend == "onnx":
+        check_precision(precision)
+    elif precision not in TORCH_PRECISIONS:
+        known = set(TORCH_PRECISIONS) | set(ONNX_PRECISIONS)
+        if precision in known:
+            raise PolytaskError(f"precision {precision} runs on --backend onnx; --backend torch runs "
+                                f"{' or '.join(TORCH_PRECISIONS)}")
+        raise PolytaskError(f"unknown precision {precision!r}; precisions: {', '.join(sorted(known))}")
+
+
 class LM:
-    def __init__(self, model, tokenizer: Tokenizer, model_dir: Path, name: str, adapter: str | None = None) -> None:
+    def __init__(self, model, tokenizer: Tokenizer, model_dir: Path, name: str, adapter: str | None = None,
+                 backend: str = "torch", precision: str = "fp32") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_dir = model_dir
         self.name = name
         self.adapter = adapter
+        self.backend = backend
+        self.precision = precision
         self.engine = Engine(model, tokenizer.stop_ids, tokenizer.pad_id)
         self.sampling_defaults = sampling_defaults(model_dir)
 
@@ -57,16 +82,56 @@ class LM:
         return {**self.sampling_defaults, **{k: v for k, v in sampling.items() if v is not None}}
 
     @classmethod
-    def load(cls, model: str = "default", adapter: str | None = None, dtype: torch.dtype = torch.float32) -> LM:
+    def load(cls, model: str = "default", adapter: str | None = None, dtype: torch.dtype = torch.float32,
+             backend: str = "torch", precision: str | None = None) -> LM:
         """``adapter``: a PEFT folder, a shipped adapter's name, ``auto`` (the shipped multi-task adapter
-        on the embedded default) or ``none``/None."""
-        from polytask.lora import apply_adapter, resolve_adapter  # LoRA lives in the customization layer
+        on the embedded default) or ``none``/None.
 
+        ``backend``: ``torch`` (polytask's model) or ``onnx`` (ONNX Runtime over the model builder's
+        export, built into the cache on first use, see ``onnx_export.cached_onnx``; ``model`` may
+        also be an ONNX export folder). ``precision``: fp32 or bf16 on torch, fp32, int8 or int4 on
+        onnx; None: ``dtype`` on torch, fp32 on onnx (an export folder: its own)."""
+        from polytask.lora import apply_adapter, resolve_adapter  # LoRA lives in the customization layer
+        from polytask.onnx_export import is_onnx_folder
+
+        check_backend(backend, precision)
         path = resolve_adapter(adapter, model)
+        adapter_name = str(path) if path else None
+        if backend == "onnx":
+            return cls._load_onnx(model, path, precision)
+        if is_onnx_folder(Path(model).expanduser()):
+            raise PolytaskError(f"{model}: an ONNX export folder; run it with --backend onnx")
+        if precision is not None:
+            dtype = TORCH_PRECISIONS[precision]
         net, model_dir = load_model(model, dtype)
         if path is not None:
             net = apply_adapter(net, path, model_dir)
-        return cls(fuse_projections(net), Tokenizer(model_dir), model_dir, model, str(path) if path else None)
+        precision = next((k for k, v in TORCH_PRECISIONS.items() if v == dtype), str(dtype).removeprefix("torch."))
+        return cls(fuse_projections(net), Tokenizer(model_dir), model_dir, model, adapter_name, "torch", precision)
+
+    @classmethod
+    def _load_onnx(cls, model: str, adapter: Path | None, precision: str | None) -> LM:
+        from polytask.onnx_export import cached_onnx, check_export, is_onnx_folder
+        from polytask.onnx_model import OnnxLlama
+        from polytask.weights import resolve_model_dir
+
+        folder = Path(model).expanduser()
+        if is_onnx_folder(folder):
+            if adapter is not None:
+                raise PolytaskError(
+                    f"{model}: an ONNX export holds its weights as exported; merge the adapter in when exporting "
+                    f"(polytask export --format onnx --adapter {adapter})"
+                )
+            made = check_export(folder).get("precision")
+            if precision is not None and made is not None and precision != made:
+                raise PolytaskError(f"{model}: an ONNX export at {made}, not {precision}; export it at {precision}")
+            model_dir, precision = folder, made or precision or "fp32"
+        else:
+            model_dir = resolve_model_dir(model)
+            precision = precision or "fp32"
+            folder = cached_onnx(model_dir, adapter, precision)
+        adapter_name = str(adapter) if adapter else None
+        return cls(OnnxLlama(folder), Tokenizer(model_dir), model_dir, model, adapter_name, "onnx", precision)
 
     @property
     def adapter_name(self) -> str | None:

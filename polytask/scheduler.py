@@ -54,8 +54,9 @@ class SlotCache:
     """Keys/values of ``slots`` independent sequences: (layers, slots, kv_heads, capacity, head_dim).
 
     Duck-types ``KVCache`` for one decode step: ``begin(lengths)`` says where each active row
-    writes its new key (its own length); ``update`` writes there and returns the first ``n`` rows
-    up to the longest row, which the step's mask cuts to each row's own keys.
+    writes its new key (its own length, ``write_at``); ``update`` writes there and returns the first
+    ``n`` rows up to the longest row, which the step's mask cuts to each row's own keys. The ONNX
+    backend (``onnx_model.OnnxLlama``) hands the buffers and ``write_at`` to ORT instead.
     """
 
     def __init__(self, cfg: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None,
@@ -64,7 +65,7 @@ class SlotCache:
         self.initial = min(initial, max_len)
         self.pos = 0  # read by attention only when no mask is passed; decode steps always pass one
         self._alloc(self.initial)
-        self._rows = self._write_at = None
+        self._rows = self.write_at = None
         self._n = self._kv_len = 0
 
     def _alloc(self, capacity: int) -> None:
@@ -106,12 +107,12 @@ class SlotCache:
         self._kv_len = int(lengths.max()) + 1
         self.reserve(self._kv_len)
         self._rows = torch.arange(self._n, device=self.k.device)
-        self._write_at = lengths.to(self.k.device)
+        self.write_at = lengths.to(self.k.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # k, v: (n, kv_heads, 1, head_dim): row i's key goes to position lengths[i] of slot i.
-        self.k[layer, self._rows, :, self._write_at] = k[:, :, 0]
-        self.v[layer, self._rows, :, self._write_at] = v[:, :, 0]
+        self.k[layer, self._rows, :, self.write_at] = k[:, :, 0]
+        self.v[layer, self._rows, :, self.write_at] = v[:, :, 0]
         return self.k[layer, : self._n, :, : self._kv_len], self.v[layer, : self._n, :, : self._kv_len]
 
     def advance(self, t: int) -> None:

@@ -170,6 +170,7 @@ _MODEL_FILES = re.compile(
     r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|adapter_config)\.json"
     r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|adapter_model\.safetensors"
     r"|chat_template\.jinja|README\.md"
+    r"|genai_config\.json|model\.onnx|model\.onnx\.data|polytask_onnx\.json"  # an ONNX export folder
 )
 
 

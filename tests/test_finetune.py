@@ -164,3 +164,20 @@ def test_lora_init_from_continues_a_trained_adapter(config, single, tmp_path, ca
     assert "no such adapter folder" in fails("--lora.init_from", str(tmp_path / "nowhere"))
     assert "lora.init_from needs lora.rank >= 1" in fails("--lora.init_from", str(single / "adapter"),
                                                           "--lora.rank", "0")
+
+
+def test_lora_run_exports_to_onnx(single, tiny_dir, tmp_path):
+    """``export --format onnx --checkpoint``: the run's model with its adapter folded in, as an
+    onnxruntime-genai folder whose logits are the merged torch model's."""
+    from polytask.lora import apply_adapter
+    from polytask.onnx_model import OnnxLlama
+    from polytask.weights import load_model
+
+    out = tmp_path / "onnx"
+    ok(subprocess.run([sys.executable, "-m", "polytask", "export", "--format", "onnx", "--checkpoint", str(single),
+                       "--out", str(out)], capture_output=True, text=True, timeout=300))
+    model, model_dir = load_model(tiny_dir)
+    model = apply_adapter(model, single / "adapter", model_dir)
+    tokens = torch.randint(0, 49152, (2, 12))
+    with torch.inference_mode():
+        torch.testing.assert_close(OnnxLlama(out)(tokens), model(tokens), atol=1e-4, rtol=0)

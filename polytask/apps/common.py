@@ -31,12 +31,12 @@ def uses_multitask(lm) -> bool:
 
 def base_lm(lm):
     """The model for summaries and open chat: ``lm`` itself, or, when ``lm`` carries the shipped
-    multi-task adapter (which shrinks documents to a title), the same model and dtype without it."""
+    multi-task adapter (which shrinks documents to a title), the same model, backend and precision without it."""
     if not uses_multitask(lm):
         return lm
     from polytask.runtime import LM
 
-    return LM.load(lm.name, adapter="none", dtype=lm.model.model.norm.weight.dtype)
+    return LM.load(lm.name, adapter="none", backend=lm.backend, precision=lm.precision)
 
 
 def open_store(store: DocStore | str | Path | None) -> DocStore:

@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from polytask.apps.ask import ask, resolve_docs
-    from polytask.cliutil import DTYPES
+    from polytask.cliutil import model_options
     from polytask.runtime import LM
     from polytask.store import DocStore
 
@@ -33,7 +33,7 @@ def run(args) -> int:
         raise PolytaskError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     with DocStore(args.store) as store:
         resolve_docs(store, args.doc, args.collection)  # a bad file or empty collection fails before the model loads
-        lm = LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
+        lm = LM.load(args.model, adapter=args.adapter, **model_options(args))
         a = ask(args.question, doc=args.doc, collection=args.collection, store=store, lm=lm,
                 max_new_tokens=args.max_new_tokens)
     if args.json:

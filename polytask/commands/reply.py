@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from polytask.apps.reply import INTENTS, automated, reply
-    from polytask.cliutil import DTYPES
+    from polytask.cliutil import model_options
     from polytask.errors import PolytaskError
     from polytask.store import read_email
 
@@ -31,8 +31,8 @@ def run(args) -> int:
         from polytask.runtime import LM
 
         # reply() judges the sentences with the model: it must be the one asked for (--model,
-        # --adapter, --dtype), also when the rules alone would have said no reply is needed.
-        lm = LM.load(args.model, adapter=args.adapter, dtype=DTYPES[args.dtype])
+        # --adapter, --backend, --precision), also when the rules alone would have said no reply is needed.
+        lm = LM.load(args.model, adapter=args.adapter, **model_options(args))
     r = reply(mail, args.n, lm=lm, always=args.always)
     if args.json:
         print(json.dumps(r.to_dict()))

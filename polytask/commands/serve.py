@@ -6,7 +6,7 @@ import ipaddress
 import socket
 import sys
 
-from polytask.cliutil import DTYPES, add_model_args
+from polytask.cliutil import add_model_args, model_options
 from polytask.errors import PolytaskError
 
 
@@ -69,7 +69,7 @@ def run(args) -> int:
         sched.check()
     except PolytaskError as e:
         raise PolytaskError(f"{e} (flags --max-batch, --max-queue, --max-len, --timeout)") from None
-    state = load_state(args.model, args.adapter, DTYPES[args.dtype], args.store, sched,
+    state = load_state(args.model, args.adapter, store=args.store, scheduler=sched, **model_options(args),
                        kb_dir=args.kb, max_upload_bytes=int(args.max_upload_mb * 2**20),
                        default_max_tokens=args.max_tokens)
     demo_key = demo_setup(state) if args.demo else None

@@ -18,14 +18,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from polytask.apps.summarize import summarize
-    from polytask.cliutil import DTYPES
+    from polytask.cliutil import model_options
     from polytask.runtime import LM
     from polytask.store import parse_file
 
     parse_file(args.file)  # a bad file fails before the model loads
-    dtype = DTYPES[args.dtype]
+    options = model_options(args)
     # A chat transcript gets its short summary from the multi-task adapter (loaded only then).
-    chat_lm = (lambda: LM.load(args.model, adapter="auto", dtype=dtype)) if args.adapter in (None, "none") else None
-    s = summarize(args.file, args.length, lm=LM.load(args.model, adapter=args.adapter, dtype=dtype), chat_lm=chat_lm)
+    chat_lm = (lambda: LM.load(args.model, adapter="auto", **options)) if args.adapter in (None, "none") else None
+    s = summarize(args.file, args.length, lm=LM.load(args.model, adapter=args.adapter, **options), chat_lm=chat_lm)
     print(json.dumps(s.to_dict()) if args.json else s.text)
     return 0

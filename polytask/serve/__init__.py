@@ -19,15 +19,18 @@ def load_state(
     dtype: torch.dtype = torch.float32,
     store: str | Path | None = None,
     scheduler: SchedulerConfig | None = None,
+    backend: str = "torch",
+    precision: str | None = None,
     **options,
 ) -> ServeState:
     """Load the model once (twice with the shipped multi-task adapter: ask and replies run on it,
-    chat and summaries on the base model), start its scheduler, and open the key store."""
+    chat and summaries on the base model), start its scheduler, and open the key store.
+    ``backend``/``precision``: as ``LM.load``'s (the scheduler runs on either backend)."""
     from polytask.apps.common import base_lm
     from polytask.runtime import LM
     from polytask.store import default_store_path, uploads_dir
 
-    task_lm = LM.load(model, adapter=adapter, dtype=dtype)
+    task_lm = LM.load(model, adapter=adapter, dtype=dtype, backend=backend, precision=precision)
     # The shipped multi-task adapter serves ask and replies only; chat and summaries get the base model.
     lm = base_lm(task_lm)
     # Every caller of lm.engine (the applications' lm.chat, the OpenAI endpoints) now shares one batch.
