@@ -16,9 +16,8 @@ quantizes the projections and the head itself: ``int4`` and ``int8`` are weight-
 ``MatMulNBits`` (4 or 8 bits, blocks of 32, int8 activations at ORT's accuracy level 4 on CPU), the
 format ORT's CPU kernels are fastest at. A ``torch.onnx`` export of polytask's own model would give
 plain MatMul/Softmax graphs that onnxruntime-genai cannot load, and ``onnxruntime.quantization``'s
-dynamic int8 (MatMulInteger) would need a second graph beside the builder's. On this machine the
-builder's generator ran the fp32 model at 31.5 tokens/s and int4 at 88.5 where polytask's torch
-engine ran 18.2 (issue 19's table; BENCHMARKS.md records polytask's own figures).
+dynamic int8 (MatMulInteger) would need a second graph beside the builder's. Its speeds against
+torch and onnxruntime-genai's generator: BENCHMARKS.md, "ONNX Runtime".
 """
 
 from __future__ import annotations
