@@ -6,8 +6,6 @@ import argparse
 
 import torch
 
-from polytask.errors import PolytaskError
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRECISIONS = ["fp32", "bf16", "int8", "int4"]
 
@@ -69,19 +67,3 @@ def load_lm(args: argparse.Namespace):
 def model_options(args: argparse.Namespace) -> dict:
     """``LM.load``'s backend and precision from ``add_model_args``'s flags."""
     return {"backend": args.backend, "precision": args.precision}
-
-
-def read_text_file(path: str, what: str = "file") -> str:
-    """A UTF-8 text file, or a one-line error saying what is wrong with it."""
-    try:
-        data = open(path, "rb").read()
-    except FileNotFoundError:
-        raise PolytaskError(f"{path}: no such {what}") from None
-    except IsADirectoryError:
-        raise PolytaskError(f"{path}: is a folder, expected a {what}") from None
-    except OSError as e:
-        raise PolytaskError(f"{path}: cannot read {what} ({e.strerror})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise PolytaskError(f"{path}: not UTF-8 text (byte {e.start}); convert it with e.g. iconv -t UTF-8") from None

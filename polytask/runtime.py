@@ -13,7 +13,7 @@ import torch
 from polytask.engine import Completion, Engine, SamplingParams
 from polytask.errors import PolytaskError
 from polytask.model import fuse_projections
-from polytask.tokenizer import Tokenizer
+from polytask.tokenizer import TextStream, Tokenizer
 from polytask.weights import load_model
 
 Messages = list[dict]
@@ -159,15 +159,10 @@ class LM:
 
     def stream_chat(self, messages: str | Messages, **sampling) -> Iterator[str]:
         """Text pieces as they are generated (decoded incrementally so multi-byte characters stay whole)."""
-        ids: list[int] = []
-        shown = ""
+        text = TextStream(self.tokenizer)
         for t in self.engine.stream(self._prompt_ids(messages, False), SamplingParams(**sampling)):
-            ids.append(t)
-            text = self.tokenizer.decode(ids)
-            if text.endswith("\ufffd"):
-                continue  # an incomplete UTF-8 sequence: wait for the next token
-            yield text[len(shown) :]
-            shown = text
+            if piece := text.add(t):
+                yield piece
 
 
 class SentenceRepeats:

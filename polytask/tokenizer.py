@@ -138,3 +138,36 @@ def _jinja_env():
 def chat_messages(prompt: str, system: str | None = None, history: list[dict] | None = None) -> list[dict]:
     msgs = [{"role": "system", "content": system}] if system else []
     return msgs + list(history or []) + [{"role": "user", "content": prompt}]
+
+
+class TextStream:
+    """Token ids -> text pieces as they are generated: whole characters only (a multi-byte character
+    split over tokens waits for its last token), cut at the first stop string, never showing part of one."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None) -> None:
+        stops = stops or []
+        self.tok, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far (up to a stop string)
+        self.shown = 0  # characters already handed out
+        self.stopped = False
+        self.hold = max((len(s) for s in stops), default=1) - 1
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        for s in self.stops:
+            at = text.find(s, max(0, self.shown - len(s)))
+            if at >= 0:
+                text, self.stopped = text[:at], True
+        self.text = text
+        upto = len(text) if self.stopped else max(self.shown, len(text) - self.hold)
+        piece, self.shown = text[self.shown : upto], upto
+        return piece
+
+    def flush(self, final: bool = False) -> str:
+        piece = self.text[self.shown :]
+        self.shown = len(self.text)
+        return self.text if final else piece

@@ -70,7 +70,7 @@ def write_terms(terms: list[Term], path: str | Path) -> None:
 
 def read_terms(path: str | Path) -> list[str]:
     """First column of each non-comment line; a term is one word (no spaces)."""
-    from polytask.cliutil import read_text_file
+    from polytask.files import read_text_file
 
     terms, seen = [], set()
     for lineno, line in enumerate(read_text_file(str(path), "terms file").splitlines(), 1):

@@ -6,10 +6,11 @@ import json
 import sys
 import time
 
-from polytask.cliutil import add_model_args, add_sampling_args, load_lm, read_text_file, sampling_kwargs
+from polytask.cliutil import add_model_args, add_sampling_args, load_lm, sampling_kwargs
 from polytask.engine import SamplingParams
 from polytask.errors import PolytaskError
-from polytask.tokenizer import chat_messages
+from polytask.files import read_text_file
+from polytask.tokenizer import TextStream, chat_messages
 
 
 def register(sub) -> None:
@@ -36,15 +37,12 @@ def run(args) -> int:
     ids = tok.encode(text) if args.raw else tok.encode_chat(chat_messages(text, args.system))
     start = time.perf_counter()
     tokens: list[int] = []
-    shown = ""
+    stream = TextStream(tok)
     for t in lm.engine.stream(ids, params):
         tokens.append(t)
-        if not args.json:
-            piece = tok.decode(tokens)
-            if not piece.endswith("\ufffd"):
-                sys.stdout.write(piece[len(shown) :])
-                sys.stdout.flush()
-                shown = piece
+        if not args.json and (piece := stream.add(t)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     seconds = time.perf_counter() - start
     completion = tok.decode(tokens)
     if args.json:
@@ -56,5 +54,5 @@ def run(args) -> int:
             "seconds": round(seconds, 4),
         }))
     else:
-        sys.stdout.write(completion[len(shown) :] + "\n")
+        sys.stdout.write(completion[stream.shown :] + "\n")  # what the stream held back (an unfinished character)
     return 0

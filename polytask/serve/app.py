@@ -31,6 +31,7 @@ from polytask.serve.auth import Key
 from polytask.serve.keys import KeyStore
 from polytask.serve.metrics import Metrics
 from polytask.serve.records import Records
+from polytask.tokenizer import TextStream
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("polytask.serve")
@@ -328,32 +329,3 @@ def openai_finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-class TextStream:
-    """Token ids -> text pieces: whole characters only, cut at the first stop string, never showing part of one."""
-
-    def __init__(self, tokenizer, stops: list[str]) -> None:
-        self.tok, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.text = ""  # decoded so far (up to a stop string)
-        self.shown = 0  # characters already handed out
-        self.stopped = False
-        self.hold = max((len(s) for s in stops), default=1) - 1
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""  # an incomplete UTF-8 sequence: wait for the next token
-        for s in self.stops:
-            at = text.find(s, max(0, self.shown - len(s)))
-            if at >= 0:
-                text, self.stopped = text[:at], True
-        self.text = text
-        upto = len(text) if self.stopped else max(self.shown, len(text) - self.hold)
-        piece, self.shown = text[self.shown : upto], upto
-        return piece
-
-    def flush(self, final: bool = False) -> str:
-        piece = self.text[self.shown :]
-        self.shown = len(self.text)
-        return self.text if final else piece
