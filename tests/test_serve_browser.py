@@ -74,7 +74,7 @@ def site(default_dir, tmp_path_factory):
     key, _ = state.keys.create(["docs"])
     with live_server(create_app(state)) as url:
         yield url, key
-    state.scheduler.close()
+    state.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def fuzz_target(tiny_dir, tmp_path_factory):
     key, _ = state.keys.create(["a", "b"])
     app = create_app(state)
     yield app, key
-    state.scheduler.close()
+    state.close()
 
 
 def test_no_server_errors(fuzz_target):

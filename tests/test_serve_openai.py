@@ -20,7 +20,7 @@ def server(tiny_dir, tmp_path_factory):
     key, _ = state.keys.create(["a"])
     with live_server(create_app(state)) as url:
         yield url, key, state
-    state.scheduler.close()
+    state.close()
 
 
 def test_models_and_chat_completion(server):
@@ -30,9 +30,9 @@ def test_models_and_chat_completion(server):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
     out = client.chat.completions.create(model=state.model_id, messages=messages, max_tokens=8, temperature=0)
     # The same tokens the engine makes alone for the chat-templated prompt.
-    prompt = state.lm.tokenizer.encode_chat(messages)
-    ref = state.scheduler.engine.generate([prompt], SamplingParams(max_new_tokens=8))[0]
-    assert out.choices[0].message.content == state.lm.tokenizer.decode(ref.tokens)
+    prompt = state.base.lm.tokenizer.encode_chat(messages)
+    ref = state.base.scheduler.engine.generate([prompt], SamplingParams(max_new_tokens=8))[0]
+    assert out.choices[0].message.content == state.base.lm.tokenizer.decode(ref.tokens)
     assert out.choices[0].message.role == "assistant"
     assert out.usage.prompt_tokens == len(prompt) and out.usage.completion_tokens == len(ref.tokens)
     assert out.choices[0].finish_reason == ("length" if ref.finish_reason == "length" else "stop")
@@ -73,9 +73,9 @@ def test_concurrent_clients_share_the_batch(server):
     for t in threads:
         t.join()
     for i, p in enumerate(prompts):
-        ids = state.lm.tokenizer.encode_chat([{"role": "user", "content": p}])
-        ref = state.scheduler.engine.generate([ids], SamplingParams(max_new_tokens=10))[0]
-        assert results[i] == state.lm.tokenizer.decode(ref.tokens)
+        ids = state.base.lm.tokenizer.encode_chat([{"role": "user", "content": p}])
+        ref = state.base.scheduler.engine.generate([ids], SamplingParams(max_new_tokens=10))[0]
+        assert results[i] == state.base.lm.tokenizer.decode(ref.tokens)
 
 
 def test_client_errors_are_openai_errors(server):
@@ -94,7 +94,7 @@ def test_disconnect_frees_the_slot(server):
     url, key, state = server
     body = {"model": state.model_id, "messages": [{"role": "user", "content": "Write a long story."}],
             "max_tokens": 400, "temperature": 0, "stream": True}
-    s = state.scheduler
+    s = state.base.scheduler
     before, tokens_before = s.counts["cancelled"], s.counts["tokens"]
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body,
                       headers={"Authorization": f"Bearer {key}"}, timeout=30) as r:
@@ -113,7 +113,7 @@ def test_non_streaming_client_giving_up_frees_the_slot(server):
     import httpx
 
     url, key, state = server
-    s = state.scheduler
+    s = state.base.scheduler
     before = s.counts["cancelled"]
     body = {"model": state.model_id, "messages": [{"role": "user", "content": "Write a long story."}],
             "max_tokens": 400, "temperature": 0}

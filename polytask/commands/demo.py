@@ -36,8 +36,8 @@ def run(args) -> int:
     from polytask.apps.common import base_lm
     from polytask.apps.reply import reply
     from polytask.apps.summarize import summarize
+    from polytask.paths import polytask_home
     from polytask.store import DocStore
-    from polytask.weights import polytask_home
 
     assets = Path(str(files("polytask") / "assets"))
     doc = assets / "samples" / "turing.md"

@@ -47,8 +47,8 @@ def _write_atomic(path: str, text: str) -> None:
 
 def run(args) -> int:
     from polytask.evaluate import evaluate
+    from polytask.paths import DATA_ENV
     from polytask.tasks import get_task, parse_task_spec
-    from polytask.tasks.base import DATA_ENV
 
     if args.limit is not None and args.limit < 1:
         raise PolytaskError(f"--limit must be at least 1, got {args.limit}")

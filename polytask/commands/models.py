@@ -6,7 +6,8 @@ import json
 
 from polytask.lora import MULTITASK, SHIPPED_DIR, shipped_adapters
 from polytask.model import PRESETS
-from polytask.weights import DEFAULT_MODEL, cached_models, models_dir
+from polytask.paths import models_dir
+from polytask.weights import DEFAULT_MODEL, cached_models
 
 
 def register(sub) -> None:

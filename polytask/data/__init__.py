@@ -9,8 +9,8 @@ from typing import Any
 from polytask.data.mixture import Batch, MixtureLoader, mixture_rates
 from polytask.data.tokenize import cached_tokenize
 from polytask.errors import PolytaskError
+from polytask.paths import data_cache_dir
 from polytask.tasks import get_task
-from polytask.weights import polytask_home
 
 __all__ = ["Batch", "DataConfig", "MixtureLoader", "build_data", "mixture_rates"]
 
@@ -100,7 +100,7 @@ def build_data(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1) -
     """Read and tokenize every task (cached), then return this rank's iterator of ``Batch``."""
     cfg.check()
     names, data, sizes, weights = [], [], [], []
-    cache_dir = polytask_home() / "data_cache" if cfg.cache else None
+    cache_dir = data_cache_dir() if cfg.cache else None
     for name, table in cfg.task_tables().items():
         options = {k: v for k, v in table.items() if k not in MIXTURE_KEYS}
         task = get_task(name, data_root=cfg.data_root, type=table.get("type"), **options)

@@ -1,9 +1,10 @@
 """The HTTP service: FastAPI app, keys, limits, metrics, the OpenAI-compatible API and the web page.
 
-Every generation goes through one ``Scheduler`` (continuous batching): the OpenAI endpoints
-submit token ids to it directly and stream tokens back; the application endpoints
-(``polytask.serve.apps_api``) call the applications with an ``LM`` whose engine is that same
-scheduler. Synchronous handlers run in the server's thread pool; the event loop only waits.
+Every generation goes through a ``Scheduler`` (continuous batching), one per model the server
+runs (``polytask.serve.state``): the OpenAI endpoints submit token ids to the base model's directly
+and stream tokens back; the application endpoints (``polytask.serve.apps_api``) call the
+applications with an ``LM`` whose engine is its model's scheduler. Synchronous handlers run in
+the server's thread pool; the event loop only waits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,42 +26,13 @@ from pydantic import BaseModel, Field
 from polytask import __version__
 from polytask.engine import SEED_MAX, SEED_MIN, SamplingParams
 from polytask.errors import PolytaskError
-from polytask.scheduler import QueueFull, RequestTimeout, Scheduler
+from polytask.scheduler import QueueFull, RequestTimeout
 from polytask.serve.auth import Key
-from polytask.serve.keys import KeyStore
-from polytask.serve.metrics import Metrics
-from polytask.serve.records import Records
+from polytask.serve.state import ServeState
 from polytask.tokenizer import TextStream
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("polytask.serve")
-
-
-@dataclass
-class ServeState:
-    lm: object  # polytask.runtime.LM whose .engine is the scheduler: chat completions and summaries
-    scheduler: Scheduler
-    keys: KeyStore
-    store_path: Path
-    uploads_dir: Path
-    kb_dir: Path | None = None  # the agent's knowledge base
-    max_upload_bytes: int = 10 * 2**20
-    default_max_tokens: int = 256
-    model_id: str = "polytask"
-    metrics: Metrics = field(default_factory=Metrics)
-    records: Records | None = None
-    # ask and suggested replies: the model with the shipped multi-task adapter, which wins on their
-    # tasks and loses on summaries and open chat (EVALUATION.md); the same LM as ``lm`` otherwise.
-    task_lm: object | None = None
-
-    def __post_init__(self) -> None:
-        self.records = self.records or Records(self.store_path)
-        self.task_lm = self.task_lm or self.lm
-
-    def close(self) -> None:
-        self.scheduler.close()
-        if self.task_lm is not self.lm:
-            self.task_lm.engine.close()
 
 
 def error_body(status: int, message: str, kind: str | None = None) -> dict:
@@ -199,12 +170,13 @@ def create_app(state: ServeState) -> FastAPI:
     # -- service endpoints ---------------------------------------------------------------------------
     @app.get("/health", tags=["service"])
     def health() -> dict:
-        s = state.scheduler
-        return {"status": "ok", "model": state.model_id, "active": s.active, "queue_depth": s.queue_depth}
+        return {"status": "ok", "model": state.model_id,
+                "schedulers": {m.label: {"active": m.scheduler.active, "queue_depth": m.scheduler.queue_depth}
+                               for m in state.served}}
 
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     def metrics(key: Key) -> PlainTextResponse:
-        return PlainTextResponse(state.metrics.render(state.scheduler),
+        return PlainTextResponse(state.metrics.render({m.label: m.scheduler for m in state.served}),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", include_in_schema=False)
@@ -226,24 +198,25 @@ def create_app(state: ServeState) -> FastAPI:
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(body, name):
                 raise PolytaskError(f"{name}: only 0 is supported by this server (it has no such penalty)")
-        tok = state.lm.tokenizer
+        lm, scheduler = state.base.lm, state.base.scheduler
+        tok = lm.tokenizer
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         prompt = tok.encode_chat(messages)
-        room = state.scheduler.max_len - len(prompt)
+        room = scheduler.max_len - len(prompt)
         if room < 1:
             raise PolytaskError(f"the messages are {len(prompt)} tokens; this server allows "
-                                f"{state.scheduler.max_len} per request (prompt + completion)")
+                                f"{scheduler.max_len} per request (prompt + completion)")
         # A completion budget the context cannot hold is refused, as OpenAI and vLLM do, rather than
         # cut short without saying so; the server's default budget is cut to the room left.
         asked, field = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens
                         else (body.max_tokens, "max_tokens"))
         if asked is not None and asked > room:
             raise PolytaskError(
-                f"this server's maximum context length is {state.scheduler.max_len} tokens (messages + completion); "
+                f"this server's maximum context length is {scheduler.max_len} tokens (messages + completion); "
                 f"however, you requested {len(prompt) + asked} tokens ({len(prompt)} in the messages, {asked} in "
                 f"the completion); reduce {field} to at most {room} or shorten the messages")
-        sampling = state.lm.with_defaults({"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed})
+        sampling = lm.with_defaults({"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed})
         # Below 1e-3 sampling is argmax in all but name, and 1/temperature would overflow: greedy.
         if sampling.get("temperature", 0.0) < 1e-3:
             sampling["temperature"] = 0.0
@@ -252,7 +225,7 @@ def create_app(state: ServeState) -> FastAPI:
         sampling["top_p"] = max(sampling.get("top_p", 1.0), 1e-6)
         params = SamplingParams(max_new_tokens=asked or min(state.default_max_tokens, room), **sampling)
         stops = [s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s]  # "" stops nothing
-        req = state.scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
+        req = scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         texts = TextStream(tok, stops)
 

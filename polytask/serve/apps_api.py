@@ -1,9 +1,10 @@
 """HTTP endpoints for the applications: collections and documents, ask, summaries, replies, the agent.
 
 Thin wrappers: each handler checks the key's access, opens the store and calls the
-application's own Python function with the server's shared ``LM`` (whose engine is the
-batching scheduler). A collection the key may not see answers 404, exactly like one that does
-not exist, so a key cannot even learn which other collections there are.
+application's own Python function with one of the server's ``LM``s (the base model, or the
+adapter's for ask and replies), whose engine is that model's batching scheduler. A collection
+the key may not see answers 404, exactly like one that does not exist, so a key cannot even
+learn which other collections there are.
 """
 
 import hashlib
@@ -20,6 +21,7 @@ from polytask.errors import PolytaskError
 from polytask.serve.auth import Key
 from polytask.serve.keys import COLLECTION_NAME, ApiKey
 from polytask.serve.records import display_name, upload_path
+from polytask.serve.state import ServeState
 from polytask.store import DocStore
 from polytask.store.parsers import SUFFIX_KIND
 
@@ -40,7 +42,7 @@ class ReplyBody(BaseModel):
     always: bool = Field(default=False, description="suggest replies even when none seems needed")
 
 
-def add_app_routes(app: FastAPI, state) -> None:
+def add_app_routes(app: FastAPI, state: ServeState) -> None:
     def collection_for(key: ApiKey, name: str) -> str:
         if not COLLECTION_NAME.match(name) or not key.can_see(name):
             raise HTTPException(404, f"collection {name!r} not found")
@@ -157,7 +159,7 @@ def add_app_routes(app: FastAPI, state) -> None:
         digest = hashlib.sha256(text.encode()).hexdigest()
         cached = state.records.summary(digest, length)
         if cached is None:
-            cached = summarize(d.path, length, lm=state.lm, chat_lm=lambda: state.task_lm).text
+            cached = summarize(d.path, length, lm=state.base.lm, chat_lm=lambda: state.task_lm).text
             state.records.save_summary(digest, length, cached)
         return {"id": doc_id, "length": length, "summary": cached}
 

@@ -1,15 +1,31 @@
-"""Prometheus text exposition (format 0.0.4) of request counts, latencies and the scheduler's state.
+"""Prometheus text exposition (format 0.0.4) of request counts, latencies and the schedulers' state.
 
-Twenty lines of counters instead of a client library: the format is plain text and stable.
+Twenty lines of counters instead of a client library: the format is plain text and stable. Each
+scheduler's series carry a ``model`` label naming it (``base``, ``adapter``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from polytask.scheduler import Scheduler
 
 # Latency buckets in seconds: a health check to a long generation.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+# (name, type, help, the scheduler's value) of the series every scheduler reports.
+SCHEDULER_SERIES = (
+    ("polytask_queue_depth", "gauge", "Generation requests waiting for a slot.", "queue_depth"),
+    ("polytask_active_requests", "gauge", "Generation requests in the running batch.", "active"),
+    ("polytask_tokens_per_second", "gauge", "Generated tokens per second over the last 10 s.", "tokens_per_second"),
+    ("polytask_generated_tokens_total", "counter", "Tokens generated.", "tokens"),
+    ("polytask_prompt_tokens_total", "counter", "Prompt tokens prefilled.", "prompt_tokens"),
+    ("polytask_decode_steps_total", "counter", "Batched decode steps.", "steps"),
+    ("polytask_rejected_requests_total", "counter", "Requests refused with 429 (queue full).", "rejected"),
+)
 
 
 def _labels(**kv) -> str:
@@ -35,7 +51,8 @@ class Metrics:
             self.latency_sum[route] += seconds
             self.latency_count[route] += 1
 
-    def render(self, scheduler=None) -> str:
+    def render(self, schedulers: dict[str, Scheduler]) -> str:
+        """Every series; ``schedulers``: label -> scheduler, each reported under ``model="label"``."""
         out = ["# HELP polytask_http_requests_total HTTP requests by method, route and status.",
                "# TYPE polytask_http_requests_total counter"]
         with self.lock:
@@ -50,23 +67,14 @@ class Metrics:
                 out.append(f"polytask_http_request_seconds_bucket{_labels(route=route, le='+Inf')} {count}")
                 out.append(f"polytask_http_request_seconds_sum{_labels(route=route)} {self.latency_sum[route]:.6f}")
                 out.append(f"polytask_http_request_seconds_count{_labels(route=route)} {count}")
-        if scheduler is not None:
-            counts = dict(scheduler.counts)
-            gauges = [
-                ("polytask_queue_depth", "gauge", "Generation requests waiting for a slot.", scheduler.queue_depth),
-                ("polytask_active_requests", "gauge", "Generation requests in the running batch.", scheduler.active),
-                ("polytask_tokens_per_second", "gauge", "Generated tokens per second over the last 10 s.",
-                 round(scheduler.tokens_per_second(), 3)),
-                ("polytask_generated_tokens_total", "counter", "Tokens generated.", counts["tokens"]),
-                ("polytask_prompt_tokens_total", "counter", "Prompt tokens prefilled.", counts["prompt_tokens"]),
-                ("polytask_decode_steps_total", "counter", "Batched decode steps.", counts["steps"]),
-                ("polytask_rejected_requests_total", "counter", "Requests refused with 429 (queue full).",
-                 counts["rejected"]),
-            ]
-            for name, kind, help_text, value in gauges:
-                out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-            out += ["# HELP polytask_finished_requests_total Generation requests by how they ended.",
-                    "# TYPE polytask_finished_requests_total counter"]
-            for reason in ("stop", "length", "timeout", "cancelled", "error"):
-                out.append(f"polytask_finished_requests_total{_labels(reason=reason)} {counts[reason]}")
+        # The format keeps a metric's samples together: under each HELP and TYPE, one per scheduler.
+        values = {label: {**s.counts, "queue_depth": s.queue_depth, "active": s.active,
+                          "tokens_per_second": round(s.tokens_per_second(), 3)} for label, s in schedulers.items()}
+        for name, kind, help_text, key in SCHEDULER_SERIES:
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            out += [f"{name}{_labels(model=label)} {v[key]}" for label, v in values.items()]
+        out += ["# HELP polytask_finished_requests_total Generation requests by how they ended.",
+                "# TYPE polytask_finished_requests_total counter"]
+        out += [f"polytask_finished_requests_total{_labels(model=label, reason=reason)} {v[reason]}"
+                for label, v in values.items() for reason in ("stop", "length", "timeout", "cancelled", "error")]
         return "\n".join(out) + "\n"

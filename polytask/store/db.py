@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from polytask.errors import PolytaskError
+from polytask.paths import polytask_home
 from polytask.store.embed import EMBEDDER_NAME, Embedder, get_embedder
 from polytask.store.parsers import MAX_FILE_BYTES, ParsedDoc, parse_bytes, read_checked
 from polytask.store.text import content_words, make_passages, words
@@ -92,8 +93,6 @@ CREATE TABLE IF NOT EXISTS uploads(
 
 
 def default_store_path() -> Path:
-    from polytask.weights import polytask_home
-
     return polytask_home() / "store.sqlite"
 
 

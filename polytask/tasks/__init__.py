@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from polytask.errors import PolytaskError
-from polytask.tasks.base import Example, Task, default_data_root, examples_hash
+from polytask.tasks.base import Example, Task, examples_hash
 from polytask.tasks.classify import Banking77, Clinc150, EmailIntent
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (Clinc150, Banking77, EmailIntent)}
 
-__all__ = ["TASKS", "Example", "Task", "default_data_root", "examples_hash", "get_task", "parse_task_spec"]
+__all__ = ["TASKS", "Example", "Task", "examples_hash", "get_task", "parse_task_spec"]
 
 
 def register(cls: type[Task]) -> type[Task]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
 from polytask.errors import PolytaskError
-
-DATA_ENV = "POLYTASK_DATA"
+from polytask.paths import DATA_ENV, default_data_root
 
 
 @dataclass
@@ -33,14 +31,6 @@ class Example:
 
 
 Prompt = list[dict] | str  # chat messages, or plain text for language-modelling tasks
-
-
-def default_data_root() -> Path:
-    """``$POLYTASK_DATA``, else ``../shared/data`` next to the project checkout."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 class Task:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from polytask.weights import polytask_home
+from polytask.paths import polytask_home
 
 
 def device_key(device: torch.device, dtype: torch.dtype) -> str:
