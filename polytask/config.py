@@ -1,5 +1,9 @@
 """The training configuration: one dataclass per concern, nested under ``TrainConfig``.
 
+A leaf module: plain dataclasses and their parsing, importing nothing of polytask but its error
+type, so that reading a config (or the optimizer's) loads no task registry, data or model code.
+``polytask.data`` and ``polytask.lora`` consume ``DataConfig`` and ``LoraConfig`` from here.
+
 Precedence: command line (``--section.key VALUE``) > TOML file > defaults. Every key and
 value is checked against the dataclass field it lands in; an unknown key or a wrong type
 raises ``PolytaskError`` naming the key and what is allowed. ``to_toml`` writes the resolved
@@ -16,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from polytask.data import DataConfig
 from polytask.errors import PolytaskError
-from polytask.lora import LoraConfig
 
 
 @dataclass
@@ -71,6 +73,117 @@ class MetricsConfig:
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = read the `polytask peak` cache
+
+
+@dataclass
+class DataConfig:
+    """The tasks mixed into training rows; ``polytask.data.build_data`` reads it."""
+
+    # Task name -> mixing weight, or -> a table of options: {weight = 2.0, max_examples = 5000,
+    # split = "train", type = "jsonl" (registry name when the key is an instance name), and the
+    # task's own options, e.g. path = "faq.jsonl", prompt_field = "q", labels_in_prompt = true}.
+    tasks: dict[str, Any] = field(default_factory=lambda: {"clinc150": 1.0})
+    # T5's examples-proportional cap K: a task counts as at most K examples when mixing (None: no cap).
+    mixture_cap: int | None = None
+    # T5's mixing temperature T: rate ∝ weight * min(n, K) ** (1 / T); 1 = proportional, large = uniform.
+    mixture_temperature: float = 1.0
+    # Tokens per packed row (the model sees seq_len inputs and seq_len shifted targets).
+    seq_len: int = 512
+    # Rows per micro-batch on each rank.
+    micro_batch: int = 8
+    # Folder holding the datasets of ../shared/data/MANIFEST.md (None: $POLYTASK_DATA, else ../shared/data).
+    data_root: str | None = None
+    # Seeds task draws and per-epoch shuffles; the global stream of rows depends only on it, the
+    # tasks, the tokenizer and seq_len.
+    seed: int = 0
+    # Split read for every task unless a task's table sets its own (train only on train splits).
+    split: str = "train"
+    # Cap on examples per task (a fixed random subset), unless a task's table sets its own; None: all.
+    max_examples: int | None = None
+    # Cache tokenized tasks under $POLYTASK_HOME/data_cache (keyed by data, options and tokenizer).
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise PolytaskError on a bad value (also run by build_data: config loaders may set fields later)."""
+        if not self.tasks:
+            raise PolytaskError("data.tasks is empty: name at least one task (e.g. tasks = {clinc150 = 1.0})")
+        if self.seq_len < 8:
+            raise PolytaskError(f"data.seq_len must be at least 8, got {self.seq_len}")
+        if self.micro_batch < 1:
+            raise PolytaskError(f"data.micro_batch must be at least 1, got {self.micro_batch}")
+        if self.mixture_temperature <= 0:
+            raise PolytaskError(f"data.mixture_temperature must be > 0, got {self.mixture_temperature}")
+        if self.mixture_cap is not None and self.mixture_cap < 1:
+            raise PolytaskError(f"data.mixture_cap must be >= 1 or unset, got {self.mixture_cap}")
+        check_training_table("data", {"split": self.split, "max_examples": self.max_examples})
+
+    def task_tables(self) -> dict[str, dict[str, Any]]:
+        """Every task as a full option table (a bare number is its weight)."""
+        out = {}
+        for name, spec in self.tasks.items():
+            if isinstance(spec, bool) or not isinstance(spec, int | float | dict):
+                raise PolytaskError(
+                    f"data.tasks.{name}: expected a weight (number) or a table of options, got {spec!r}"
+                )
+            table = dict(spec) if isinstance(spec, dict) else {"weight": spec}
+            weight = table.setdefault("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+                raise PolytaskError(f"data.tasks.{name}.weight must be a positive number, got {weight!r}")
+            table.setdefault("split", self.split)
+            table.setdefault("max_examples", self.max_examples)
+            check_training_table(f"data.tasks.{name}", table)
+            out[name] = table
+        return out
+
+
+# Splits training may read: "train", and "all" for the tasks over your own folders (text, docs),
+# where it means every file with nothing held out. The others hold evaluation data.
+TRAINING_SPLITS = ("train", "all")
+
+
+def check_training_table(where: str, table: dict[str, Any]) -> None:
+    split, cap = table.get("split"), table.get("max_examples")
+    if split not in TRAINING_SPLITS:
+        raise PolytaskError(
+            f"{where}.split = {split!r}: training reads train splits only (or \"all\" of your own text/docs folder); "
+            f"held-out splits are for polytask eval --split"
+        )
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise PolytaskError(f"{where}.max_examples must be a positive whole number or unset, got {cap!r}")
+
+
+# The linear layers of a block that LoRA may adapt (names as in model.layers.N.self_attn/mlp).
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """The adapters; ``polytask.lora.apply_lora`` swaps them in."""
+
+    rank: int = 0  # r: adapter rank; 0 = no LoRA (full fine-tuning). Typical: 8-64
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input (training only)
+    # Linear layers of each block that get an adapter (names as in model.layers.N.self_attn/mlp).
+    target_modules: list[str] = field(default_factory=lambda: list(TARGETS))
+    # Start the adapters from a trained one (a PEFT folder or a shipped name) instead of fresh ones:
+    # a second stage of training. Its rank, alpha and target modules must equal the ones above.
+    init_from: str = ""
+
+    def check(self) -> None:
+        if self.rank < 1:
+            raise PolytaskError(f"lora.rank must be >= 1 to apply LoRA, got {self.rank}")
+        if self.alpha <= 0:
+            raise PolytaskError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise PolytaskError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        bad = [t for t in self.target_modules if t not in TARGETS]
+        if bad or not self.target_modules:
+            raise PolytaskError(
+                f"lora.target_modules: unknown module(s) {bad or '(empty list)'}; choose from {', '.join(TARGETS)}"
+            )
 
 
 @dataclass
@@ -256,7 +369,7 @@ def validate(cfg: TrainConfig) -> None:
             raise PolytaskError(message)
     if cfg.lora.rank:
         cfg.lora.check()
-    cfg.data.__post_init__()  # the data section's own checks, now on the merged values
+    cfg.data.check()  # the data section's own checks, now on the merged values
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,17 +21,16 @@ import hashlib
 import json
 import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polytask.config import LoraConfig
 from polytask.errors import PolytaskError
 from polytask.model import Llama, ModelConfig, unwrap
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -41,31 +40,6 @@ MULTITASK = "polytask-multitask"  # configs/multitask-smollm2.toml, then -stage2
 # The fields that decide whether weights fit and mean the same thing (max_seq_len does not).
 ARCH_FIELDS = ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "head_dim",
                "tie_embeddings", "attention_bias", "rope_theta", "norm_eps")
-
-
-@dataclass
-class LoraConfig:
-    rank: int = 0  # r: adapter rank; 0 = no LoRA (full fine-tuning). Typical: 8-64
-    alpha: float = 16.0  # the update is scaled by alpha / rank
-    dropout: float = 0.0  # dropout on the adapter's input (training only)
-    # Linear layers of each block that get an adapter (names as in model.layers.N.self_attn/mlp).
-    target_modules: list[str] = field(default_factory=lambda: list(TARGETS))
-    # Start the adapters from a trained one (a PEFT folder or a shipped name) instead of fresh ones:
-    # a second stage of training. Its rank, alpha and target modules must equal the ones above.
-    init_from: str = ""
-
-    def check(self) -> None:
-        if self.rank < 1:
-            raise PolytaskError(f"lora.rank must be >= 1 to apply LoRA, got {self.rank}")
-        if self.alpha <= 0:
-            raise PolytaskError(f"lora.alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise PolytaskError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        bad = [t for t in self.target_modules if t not in TARGETS]
-        if bad or not self.target_modules:
-            raise PolytaskError(
-                f"lora.target_modules: unknown module(s) {bad or '(empty list)'}; choose from {', '.join(TARGETS)}"
-            )
 
 
 class LoRALinear(nn.Linear):

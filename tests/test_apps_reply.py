@@ -13,7 +13,7 @@ from polytask.apps.reply import mentions, needs_reply, reply, request_terms, req
 from polytask.cli import main
 from polytask.errors import PolytaskError
 from polytask.store import Email, read_email
-from polytask.store.text import sentence_spans
+from polytask.text import sentence_spans
 
 SAMPLES = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples"
 

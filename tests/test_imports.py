@@ -4,6 +4,8 @@ or inside a function), and no module imports another module's underscore names."
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "polytask"
@@ -91,5 +93,48 @@ def test_no_import_cycles_and_no_private_cross_imports():
     assert private == []
 
 
+# (importer, imported): package prefixes that must not meet, with the layering they keep.
+FORBIDDEN = [
+    ("polytask.tasks", "polytask.store"),  # a task splits sentences (polytask.text) and embeds (polytask.embed)
+    # without the document store; the store and the applications sit beside or above the tasks
+    ("polytask.text", "polytask"),  # the text tools are a leaf below the tasks, the store and the apps
+    ("polytask.embed", "polytask.store"),
+]
+
+
+def within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def forbidden_imports(edges: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} imports {t}" for m, targets in edges.items() for t in targets
+                  for importer, imported in FORBIDDEN if within(m, importer) and within(t, imported))
+
+
+def test_layers_are_kept():
+    edges, _ = graph()
+    assert "polytask.text" in edges["polytask.tasks.qa"]  # the walk sees function-level imports
+    assert forbidden_imports(edges) == []
+    assert forbidden_imports({"polytask.tasks.qa": {"polytask.store.text"}}) == [
+        "polytask.tasks.qa imports polytask.store.text"
+    ]
+
+
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def loaded_after_import(module: str) -> set[str]:
+    """The polytask modules that importing ``module`` loads, in a fresh interpreter."""
+    code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('polytask')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    return set(out.stdout.split())
+
+
+def test_config_is_a_leaf():
+    # Reading a training config (or the optimizer's) must not load the task registry, the data
+    # pipeline or the model code: polytask.data and polytask.lora consume config, not the reverse.
+    loaded = loaded_after_import("polytask.config")
+    assert "polytask.config" in loaded
+    assert not {m for m in loaded if m.split(".")[:2] in (["polytask", "data"], ["polytask", "tasks"],
+                                                          ["polytask", "lora"])}

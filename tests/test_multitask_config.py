@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from conftest import REPO
 
-from polytask.config import load_config
+from polytask.config import TARGETS, load_config
 from polytask.data.mixture import mixture_rates
-from polytask.lora import TARGETS
 from polytask.tasks import TASKS
 
 CONFIG = REPO / "configs" / "multitask-smollm2.toml"

@@ -10,7 +10,8 @@ from store_util import write_docx, write_pdf
 
 from polytask.errors import PolytaskError
 from polytask.store import parse_file, read_email
-from polytask.store.text import make_passages, sentence_spans
+from polytask.store.text import make_passages
+from polytask.text import sentence_spans
 
 SAMPLES = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples"
 

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from polytask.store import DocStore
 
-_LMS: dict[tuple, object] = {}
+if TYPE_CHECKING:
+    from polytask.runtime import LM
 
 
-def get_lm(lm=None, model: str = "default", adapter: str | None = "auto"):
-    """An ``LM`` given, or one loaded once per (model, adapter) for the life of the process."""
-    if lm is not None:
-        return lm
-    key = (model, adapter)
-    if key not in _LMS:
-        from polytask.runtime import LM
+class ModelCache:
+    """Loaded ``LM``s, one per (model, adapter), kept until ``clear``."""
 
-        _LMS[key] = LM.load(model, adapter=adapter)
-    return _LMS[key]
+    def __init__(self) -> None:
+        self._lms: dict[tuple[str, str | None], LM] = {}
+
+    def get(self, model: str = "default", adapter: str | None = "auto") -> LM:
+        key = (model, adapter)
+        if key not in self._lms:
+            from polytask.runtime import LM
+
+            self._lms[key] = LM.load(model, adapter=adapter)
+        return self._lms[key]
+
+    def clear(self) -> None:
+        self._lms.clear()
+
+
+# One for the process: an application called without an ``LM`` (from Python, a benchmark, several
+# calls in a row) loads the weights once. The commands and the server load their own and pass them in.
+LOADED_LMS = ModelCache()
+
+
+def get_lm(lm: LM | None = None, model: str = "default", adapter: str | None = "auto") -> LM:
+    """``lm`` when given, else ``LOADED_LMS``'s model for (model, adapter)."""
+    return lm if lm is not None else LOADED_LMS.get(model, adapter)
 
 
 def uses_multitask(lm) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_multitask
 from polytask.errors import PolytaskError
 from polytask.store import Email, read_email
-from polytask.store.text import STOPWORDS, sentence_spans
+from polytask.text import STOPWORDS, sentence_spans
 
 log = logging.getLogger(__name__)
 

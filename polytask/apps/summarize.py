@@ -33,7 +33,7 @@ from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_mu
 from polytask.errors import PolytaskError
 from polytask.store import ParsedDoc, parse_file
 from polytask.store.parsers import HEADING
-from polytask.store.text import STOPWORDS, is_fragment, sentence_spans, stems
+from polytask.text import STOPWORDS, is_fragment, sentence_spans, stems
 
 LENGTHS = {
     # length -> (instruction, max_new_tokens, max_words). The model is asked to shorten, in the
@@ -236,7 +236,7 @@ def document_sentences(doc: ParsedDoc) -> list[Sentence]:
 
 def central_sentences(sentences: list[Sentence], max_sentences: int, max_words: int) -> list[Sentence]:
     """The most central sentences that fit ``max_words`` (the first one always), in document order."""
-    from polytask.store.embed import get_embedder
+    from polytask.embed import get_embedder
 
     vecs = get_embedder().encode([s.text for s in sentences])  # (n, 384), unit length
     centroid = vecs.mean(0)

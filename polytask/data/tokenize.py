@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polytask.tasks.base import Example, Task, file_digest
+from polytask.tasks.base import FILE_DIGESTS, Example, Task
 
 CACHE_VERSION = 1
 END_OF_TURN = "<|im_end|>"
@@ -96,7 +96,7 @@ def tokenize_examples(tokenizer, task: Task, examples: list[Example]) -> Tokeniz
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    h = hashlib.sha256(file_digest(tokenizer.dir / "tokenizer.json").encode())
+    h = hashlib.sha256(FILE_DIGESTS.get(tokenizer.dir / "tokenizer.json").encode())
     h.update(json.dumps([tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token]).encode())
     h.update(str(end_of_turn_id(tokenizer)).encode())
     return h.hexdigest()

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from polytask.embed import EMBEDDER_NAME, Embedder, get_embedder
 from polytask.errors import PolytaskError
 from polytask.paths import polytask_home
-from polytask.store.embed import EMBEDDER_NAME, Embedder, get_embedder
 from polytask.store.parsers import MAX_FILE_BYTES, ParsedDoc, parse_bytes, read_checked
-from polytask.store.text import content_words, make_passages, words
+from polytask.store.text import make_passages
+from polytask.text import content_words, words
 
 SCHEMA_VERSION = "1"
 RRF_K = 60

@@ -105,7 +105,7 @@ class Task:
         h = hashlib.sha256()
         h.update(json.dumps([type(self).__name__, self.kind, self.opts, self.system, self.user, split]).encode())
         for p in self.source_files(split):
-            h.update(file_digest(p).encode())
+            h.update(FILE_DIGESTS.get(p).encode())
         return h.hexdigest()
 
     # --- rendering and scoring ------------------------------------------------------------------
@@ -120,23 +120,33 @@ class Task:
         raise NotImplementedError
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, memoized on (path, size, mtime) for the life of the process."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise PolytaskError(f"{path}: file not found") from None
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
+class DigestCache:
+    """sha256 of files' bytes, memoized on (path, size, mtime): a file is read again once it changes."""
+
+    def __init__(self) -> None:
+        self._digests: dict[tuple[str, int, int], str] = {}
+
+    def get(self, path: Path) -> str:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise PolytaskError(f"{path}: file not found") from None
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            self._digests[key] = h.hexdigest()
+        return self._digests[key]
+
+    def clear(self) -> None:
+        self._digests.clear()
 
 
-_DIGESTS: dict[tuple, str] = {}
+# One for the process: every task's fingerprint and the tokenized-data cache key (data/tokenize.py)
+# hash their source files each time training data or an evaluation is built; a dataset is read once.
+FILE_DIGESTS = DigestCache()
 
 
 def examples_hash(examples: list[Example]) -> str:

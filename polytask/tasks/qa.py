@@ -91,7 +91,7 @@ class _Article:
     its questions with the answer's character position in the text."""
 
     def __init__(self, article: dict, embedder) -> None:
-        from polytask.store.text import is_fragment, sentence_spans
+        from polytask.text import is_fragment, sentence_spans
 
         text, self.qas = article_text(article)
         self.spans = sentence_spans(text)
@@ -101,7 +101,7 @@ class _Article:
 
     def ranked(self, question: str, vector, leave_out: set[int] = frozenset()) -> list[int]:
         """Sentence indices by ``question_support``, best first, without ``leave_out``."""
-        from polytask.store.text import question_support
+        from polytask.text import question_support
 
         support = question_support(question, [self.sentences[i] for i in self.usable], self.vectors @ vector)
         order = sorted(range(len(self.usable)), key=lambda j: -support[j])
@@ -123,7 +123,7 @@ def answer_sentences(sentences: list[str], spans: list[tuple[int, int]], answers
 def ask_contexts(articles: list[dict], form: str = "sentences") -> list[Example]:
     """The articles' questions, each with the ``ask``-like context of ``Squad``'s ``form``
     ("sentences", "removed" or "other", see ``Squad``)."""
-    from polytask.store.embed import get_embedder
+    from polytask.embed import get_embedder
 
     embedder = get_embedder()
     read = [_Article(article, embedder) for article in articles]
