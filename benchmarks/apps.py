@@ -27,8 +27,8 @@ Last line: one JSON object with
   team's own development documents (benchmarks/data/ask_dev), for tuning.
 - agent_intent_accuracy, agent_oos_recall, agent_closing_recall, ... (``--parts agent``): the
   agent over the shipped knowledge base on the team's own messages (benchmarks/data/agent_*.yaml),
-  thresholds tuned on the dev and held-out sets (agent_dev_* / agent_heldout_*), measured on the
-  test set (agent_test.yaml), which nothing was tuned on.
+  thresholds tuned on the dev, held-out and previous test sets (agent_dev_* / agent_heldout_* /
+  agent_test_*), measured on the test set (agent_test2.yaml), which nothing was tuned on.
 - heading_only, unsupported_names_rate, cnndm_rougeL, samsum_rougeL, ... (``--parts summaries``,
   not in the default parts): ``summarize`` on the team's development documents
   (benchmarks/data/summaries), the 250 CNN/DM test articles and 100 SAMSum test chats; see
@@ -65,12 +65,12 @@ from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier  # noqa: E402
 from polytask.apps.reply import needs_reply  # noqa: E402
 from polytask.apps.summarize import LENGTHS, summarize_chat, summarize_text  # noqa: E402
 from polytask.data.tokenize import select_examples  # noqa: E402
+from polytask.embed import get_embedder  # noqa: E402
 from polytask.store import DocStore, Email  # noqa: E402
-from polytask.store.embed import get_embedder  # noqa: E402
-from polytask.store.text import sentence_spans  # noqa: E402
 from polytask.tasks import get_task  # noqa: E402
 from polytask.tasks.metrics import rouge, squad_scores  # noqa: E402
 from polytask.tasks.qa import answer_sentences, article_text  # noqa: E402
+from polytask.text import sentence_spans  # noqa: E402
 
 PAGE_CHARS = 3000
 TURING = REPO / "polytask" / "assets" / "samples" / "turing.md"
@@ -180,7 +180,7 @@ def reliability(confidences: list[float], right: list[bool], bins: int = 10) -> 
 
 
 def squad_unanswerable(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
-                       dump: Path | None = None) -> dict:
+                       dump: Path | None = None, skip: int = 0) -> dict:
     """SQuAD v2-style figures over whole articles with retrieval: HasAns (each question asked of its
     article), NoAns (asked of its article with every answer-bearing sentence removed), and asked of
     another article. An answer counts as right for the reliability table when its extract's token
@@ -194,6 +194,9 @@ def squad_unanswerable(data: Path, work: Path, limit: int | None, lm, articles: 
     if dump is not None:
         dump.write_text("", encoding="utf-8")
     for n, (i, q, answers, pos) in enumerate(picked):
+        other = (i + 1 + rng.randrange(len(chosen) - 1)) % len(chosen)
+        if n < skip:  # done by an earlier run (its dump has them): the same questions and articles follow
+            continue
         has, has_c = ask_once(q, f"squad{i}", store, lm)
         preds.append(has.extract if has.found else "")
         refs.append(answers)
@@ -203,7 +206,6 @@ def squad_unanswerable(data: Path, work: Path, limit: int | None, lm, articles: 
         no, no_c = ask_once(q, "noans", store, lm)
         store.remove_collection("noans")
         path.unlink()
-        other = (i + 1 + rng.randrange(len(chosen) - 1)) % len(chosen)
         oth, oth_c = ask_once(q, f"squad{other}", store, lm)
         noans.append(not no.found)
         other_declined.append(not oth.found)
@@ -409,13 +411,14 @@ def email_rules(data: Path, limit: int | None) -> dict:
 
 def agent(work: Path) -> dict:
     """The virtual agent over the shipped knowledge base (polytask/assets/kb) on the team's own
-    messages: its two thresholds tuned on benchmarks/data/agent_dev.yaml + agent_heldout.yaml
-    together (``agent_dev_*`` and ``agent_heldout_*``: each set's figures at the tuned
-    thresholds), then the real ``Agent`` (a fresh conversation per message, the shipped
-    thresholds) on agent_test.yaml (``agent_*``), whose messages are neither tuned on nor printed.
-    Each message's outcome is the intent answered or handed over for, ``out_of_scope``,
-    ``closing`` (a goodbye) or ``clarify``; a clarifying question counts as wrong for an in-scope
-    message and is the right turn for a vague one (the sets' ``ambiguous:`` messages)."""
+    messages: its three thresholds tuned on benchmarks/data/agent_dev.yaml, agent_heldout.yaml and
+    agent_test.yaml (the previous test set) together (``agent_dev_*``, ``agent_heldout_*`` and
+    ``agent_test_*``: each set's figures at the tuned thresholds), then the real ``Agent`` (a fresh
+    conversation per message, the shipped thresholds) on agent_test2.yaml (``agent_*``), whose
+    messages are neither tuned on nor printed. Each message's outcome is the intent answered or
+    handed over for, ``out_of_scope``, ``closing`` (a goodbye) or ``clarify``; a clarifying
+    question counts as wrong for an in-scope message and is the right turn for a vague one (the
+    sets' ``ambiguous:`` messages)."""
     import yaml
 
     from polytask.apps.agent import ASKS_FOR_PERSON, CLOSING, Agent, kb_model, load_kb, read
@@ -449,30 +452,32 @@ def agent(work: Path) -> dict:
 
     kb = load_kb(REPO / "polytask" / "assets" / "kb")
     model = kb_model(kb)
-    tuning = {name: messages(f"agent_{name}.yaml") for name in ("dev", "heldout")}
+    tuning = {name: messages(f"agent_{name}.yaml") for name in ("dev", "heldout", "test")}
     rows = [row for part in tuning.values() for row in part]
     scored = model.scores([t for t, _ in rows])
 
-    def outcomes(threshold: float, topic: float) -> list[tuple[str, list[str]]]:
+    def outcomes(threshold: float, topic: float, vague: float) -> list[tuple[str, list[str]]]:
         out = []  # the agent's first-turn rules, as in Agent._decide
         for (text, _), scores in zip(rows, scored, strict=True):
-            r = read(scores, threshold, topic)
+            r = read(scores, threshold, topic, vague)
             outcome = "talk_to_human" if ASKS_FOR_PERSON.search(text) else \
                 {"intent": r.intent, "unclear": "clarify", "out_of_scope": OUT_OF_SCOPE, "closing": CLOSING}[r.kind]
             out.append((outcome, [name for name, _ in r.ranked[:2]] if outcome == "clarify" else []))
         return out
 
-    def objective(g: tuple[float, float]) -> tuple[float, float, float]:
+    def objective(g: tuple[float, float, float]) -> tuple[float, ...]:
         # As for CLINC150, the mean of the rates, here of the four kinds of message; of equals, the
         # highest thresholds, which ask rather than answer when unsure.
         f = figures(rows, tuned[g])
         return (f["intent_accuracy"] + f["oos_recall"] + f["closing_recall"] + f["ambiguous_clarified"]) / 4, *g
 
-    grid = [(round(th, 2), round(ts, 3)) for th in np.arange(0.1, 0.95, 0.05) for ts in np.arange(0.2, 0.55, 0.025)]
+    grid = [(round(th, 2), round(ts, 3), round(v, 3)) for th in np.arange(0.1, 0.95, 0.05)
+            for ts in np.arange(0.2, 0.55, 0.025) for v in np.arange(0.05, 0.35, 0.025)]
     tuned = {g: outcomes(*g) for g in grid}
     best = max(grid, key=objective)
-    out = {"agent_dev_threshold": best[0], "agent_dev_topic_similarity": best[1],
-           "agent_threshold": kb.threshold, "agent_topic_similarity": kb.topic_similarity}
+    out = {"agent_tuned_threshold": best[0], "agent_tuned_topic_similarity": best[1],
+           "agent_tuned_vague_threshold": best[2], "agent_threshold": kb.threshold,
+           "agent_topic_similarity": kb.topic_similarity, "agent_vague_threshold": kb.vague_threshold}
     start = 0
     for name, part in tuning.items():
         got = tuned[best][start : start + len(part)]
@@ -482,7 +487,7 @@ def agent(work: Path) -> dict:
             if w != o:
                 log(f"agent {name} (tuning): {t!r}: expected {w}, got {o}")
 
-    test = messages("agent_test.yaml")
+    test = messages("agent_test2.yaml")
     store = DocStore(work / "agent.sqlite")
     got = []
     for text, _ in test:
@@ -491,7 +496,7 @@ def agent(work: Path) -> dict:
                      "out_of_scope": OUT_OF_SCOPE, "goodbye": CLOSING}[turn.action],
                     [name for name, _ in turn.candidates] if turn.action == "clarify" else []))
     # The test messages' errors are counted, not printed: read, they would become tuning data.
-    log(f"agent test: {sum(w != o for (_, w), (o, _) in zip(test, got, strict=True))} of {len(test)} wrong")
+    log(f"agent test2: {sum(w != o for (_, w), (o, _) in zip(test, got, strict=True))} of {len(test)} wrong")
     return {f"agent_{k}": v for k, v in figures(test, got).items()} | out
 
 
@@ -524,6 +529,8 @@ def main() -> None:
     p.add_argument("--context-sentences", type=int, default=2, help="ask's context_sentences (default 2)")
     p.add_argument("--windows", type=int, default=WINDOWS, help=f"ask's windows, tries on the next sentences "
                    f"(default {WINDOWS})")
+    p.add_argument("--skip", type=int, default=0, help="squad_unanswerable: leave out the first N questions "
+                   "(an earlier run's dump holds them; the rest are asked exactly as in one run)")
     p.add_argument("--dump", default=None, help="squad_unanswerable: write every question's windows and their "
                    "confidence features to this JSONL file (tools/fit_ask_confidence.py reads it)")
     args = p.parse_args()
@@ -541,7 +548,8 @@ def main() -> None:
                  ("squad", lambda: squad(data, work, args.limit, lm, args.squad_articles, args.context_sentences,
                                          args.windows)),
                  ("squad_unanswerable", lambda: squad_unanswerable(
-                     data, work, args.limit, lm, args.squad_articles, Path(args.dump) if args.dump else None)),
+                     data, work, args.limit, lm, args.squad_articles, Path(args.dump) if args.dump else None,
+                     args.skip)),
                  ("ask_dev", lambda: ask_dev(work, lm)),
                  ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm)),
                  ("summaries", lambda: summaries(data, work, args.limit, lm)),

@@ -214,3 +214,35 @@ def test_article_section_must_exist(tmp_path):
     kb = _broken_kb(tmp_path, "intents:\n  a:\n    examples: [hi]\n    article: shipping.md#Trackng\n")
     with pytest.raises(PolytaskError, match=r"no section 'Trackng' \(sections: .*Tracking your order"):
         load_kb(kb)
+
+
+def test_a_likely_vague_class_asks_although_an_intent_wins():
+    """The vague class need not win the softmax: at vague_threshold it turns a confident intent
+    into a clarifying question; below it the intent is answered."""
+    from polytask.apps.agent import Scores, read
+    from polytask.apps.intents import Prediction
+
+    ranked = [("payment_failed", 0.7), ("vague", 0.2), ("duplicate_charge", 0.1)]
+    s = Scores(Prediction("payment_failed", 0.7, ranked), topic_similarity=0.8, vague=0.2)
+    assert read(s, threshold=0.4, topic_similarity=0.35, vague_threshold=0.15).kind == "unclear"
+    assert read(s, threshold=0.4, topic_similarity=0.35, vague_threshold=0.25).kind == "intent"
+    assert load_kb(KB).vague_threshold == 0.125
+
+
+def test_vague_threshold_must_be_a_fraction(tmp_path):
+    kb = _broken_kb(tmp_path, "intents:\n  a:\n    examples: [hi]\n    answer: x\nvague_threshold: yes\n")
+    with pytest.raises(PolytaskError, match="vague_threshold must be a number between 0 and 1"):
+        load_kb(kb)
+
+
+def test_articles_and_apostrophe_free_phrases_train_the_intents(db):
+    from polytask.apps.agent import without_apostrophes
+
+    kb = load_kb(KB)
+    sentences = kb.article_sentences(kb.intents["delivery_times"])
+    assert len(sentences) == 3 and sentences[1].startswith("Express delivery arrives")
+    assert kb.article_sentences(kb.intents["complaint"]) == []  # an answer, no article
+    assert without_apostrophes([("it hasn't come", "x"), ("no apostrophe", "y")]) == [("it hasnt come", "x")]
+    for message in ("my parcel hasn't arrived yet, where is it", "my parcel hasnt arrived yet, where is it"):
+        turn = Agent(kb, store=db).respond(message)
+        assert turn.action == "answer" and turn.intent == "track_order", message

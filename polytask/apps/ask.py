@@ -50,15 +50,8 @@ from polytask.apps.common import (
 )
 from polytask.errors import PolytaskError
 from polytask.store import DocStore, Hit
-from polytask.store.text import (
-    STOPWORDS,
-    WORD,
-    answer_sentence_scores,
-    is_fragment,
-    question_support,
-    sentence_spans,
-    stems,
-)
+from polytask.store.text import answer_sentence_scores
+from polytask.text import STOPWORDS, WORD, is_fragment, question_support, sentence_spans, stems
 
 ADHOC_COLLECTION = "_files"  # where `ask --doc FILE` indexes the file (unchanged files are not re-read)
 PROMPT = "{context}\n\nQuestion: {question}\nAnswer in a few words, using only the text above."

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from polytask.store.embed import Embedder, get_embedder
+from polytask.embed import Embedder, get_embedder
 
 OUT_OF_SCOPE = "out_of_scope"  # the label of the examples of what no intent covers
 
@@ -70,8 +70,12 @@ class IntentClassifier:
         return torch.softmax(self.scale * x @ self.weight.T + self.bias, dim=1).numpy()
 
     def predict(self, texts: list[str], top: int = 3, vectors: np.ndarray | None = None) -> list[Prediction]:
+        return self.rank(self.probabilities(texts, vectors), top)
+
+    def rank(self, probabilities: np.ndarray, top: int = 3) -> list[Prediction]:
+        """(texts, labels) probabilities -> each text's top labels."""
         out = []
-        for p in self.probabilities(texts, vectors):
+        for p in probabilities:
             order = np.argsort(-p)[:top]
             ranked = [(self.labels[i], float(p[i])) for i in order]
             out.append(Prediction(ranked[0][0], ranked[0][1], ranked))

@@ -10,13 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The names imported "as" themselves are re-exported for the modules that still import them from
-# here (apps/ask.py, tools/fit_sentence_ranker.py); their one home is polytask.text.
 from polytask.store.parsers import Block
-from polytask.text import STOPWORDS as STOPWORDS
-from polytask.text import WORD as WORD
-from polytask.text import is_fragment as is_fragment
-from polytask.text import question_support as question_support
 from polytask.text import sentence_spans, stems, words
 
 
