@@ -68,7 +68,7 @@ from polytask.data.tokenize import select_examples  # noqa: E402
 from polytask.embed import get_embedder  # noqa: E402
 from polytask.store import DocStore, Email  # noqa: E402
 from polytask.tasks import get_task  # noqa: E402
-from polytask.tasks.metrics import rouge, squad_scores  # noqa: E402
+from polytask.tasks.metrics import calibration, rouge, squad_scores  # noqa: E402
 from polytask.tasks.qa import answer_sentences, article_text  # noqa: E402
 from polytask.text import sentence_spans  # noqa: E402
 
@@ -164,21 +164,6 @@ def ask_once(question: str, collection: str, store: DocStore, lm) -> tuple[Answe
     return decide(question, found), found
 
 
-def reliability(confidences: list[float], right: list[bool], bins: int = 10) -> tuple[float, list[dict]]:
-    """Expected calibration error, and the table: of the answers given with confidence in each
-    tenth, how many were right."""
-    table, ece = [], 0.0
-    conf, ok = np.asarray(confidences), np.asarray(right, dtype=float)
-    for b in range(bins):
-        inside = (conf >= b / bins) & ((conf < (b + 1) / bins) | (b == bins - 1))
-        if inside.any():
-            table.append({"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "answers": int(inside.sum()),
-                          "right": round(float(ok[inside].mean()), 4),
-                          "confidence": round(float(conf[inside].mean()), 4)})
-            ece += inside.sum() / len(conf) * abs(ok[inside].mean() - conf[inside].mean())
-    return float(ece), table
-
-
 def squad_unanswerable(data: Path, work: Path, limit: int | None, lm, articles: str = "test",
                        dump: Path | None = None, skip: int = 0) -> dict:
     """SQuAD v2-style figures over whole articles with retrieval: HasAns (each question asked of its
@@ -228,10 +213,10 @@ def squad_unanswerable(data: Path, work: Path, limit: int | None, lm, articles: 
             log(f"squad_unanswerable {n}/{len(picked)}: {q!r} -> {preds[-1]!r} (gold {answers[0]!r}); "
                 f"without its answer: {no.extract or 'declined'!r}")
     s = squad_scores(preds, refs)
-    ece, table = reliability(confs, right)
+    ece, table = calibration(confs, right)
     return {"hasans_f1": s["f1"] / 100, "hasans_em": s["exact_match"] / 100,
             "noans_declined": float(np.mean(noans)), "other_article_declined": float(np.mean(other_declined)),
-            "n": len(picked), "confidence_ece": ece, "answers_given": len(confs), "reliability": table}
+            "n": len(preds), "confidence_ece": ece, "answers_given": len(confs), "reliability": table}
 
 
 def ask_dev(work: Path, lm) -> dict:

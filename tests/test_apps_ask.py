@@ -71,8 +71,9 @@ def test_copied_answer_may_drop_an_article(store, tmp_path):
                    "European Union. Its courts sit in Luxembourg.\n", encoding="utf-8")
     q = "What are the legislative bodies of the EU?"
     sentences = rank_sentences(q, store.search(q, [store.add(doc, "eu").doc_id], k=3), store)
-    (_, s, e, _), a, b = verbatim_span("European Parliament and Council of the European Union", sentences, set(), store)
-    text = store.document_text(sentences[0][0].doc_id)
+    quoted, a, b = verbatim_span("European Parliament and Council of the European Union", sentences, set(), store)
+    s, e = quoted.start, quoted.end
+    text = store.document_text(sentences[0].hit.doc_id)
     assert text[a:b] == "European Parliament and the Council of the European Union"
     assert text[s:e].startswith("They are the European Parliament")
     assert verbatim_span("Parliament and Court", sentences, set(), store) is None

@@ -14,11 +14,15 @@ threshold is applied as ``ask.decide`` does (the first window whose answer reach
 and chosen to maximize the mean of HasAns F1 and the share of NoAns questions declined: SQuAD
 v2's overall F1 on a set with as many unanswerable questions as answerable ones. ``--noans X``
 instead keeps the most HasAns F1 among thresholds that decline at least X of NoAns.
-No test article is read.
+The fit reads no test article.
 
     python tools/fit_ask_confidence.py runs/ask_windows.jsonl [--noans 0.9]
 
-Paste the printed weights and threshold into ask.py.
+Paste the printed weights and threshold into ask.py. ``--report`` fits nothing: it replays ask's
+shipped weights and threshold on a dump and prints the benchmark's figures (HasAns F1 / EM, NoAns
+and other-article declined, the calibration error and reliability table). A dump holds every
+window each question's three asks read, and the confidence model only chooses among them, so the
+replay gives what ``benchmarks/apps.py --parts squad_unanswerable`` would print with those weights.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from fit_sentence_ranker import fit_logistic
 
-from polytask.apps.ask import CONFIDENCE_FEATURES
-from polytask.tasks.metrics import squad_scores
+from polytask.apps.ask import CONFIDENCE_FEATURES, CONFIDENCE_WEIGHTS, MIN_CONFIDENCE
+from polytask.tasks.metrics import calibration, squad_scores
 
 
 def windows(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,19 +51,32 @@ def windows(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
 
-def simulate(rows: list[dict], w: np.ndarray, threshold: float) -> dict:
-    """``ask.decide`` on the dumped windows: HasAns F1 and the shares of NoAns and other-article declined."""
-    def answer(cands):
+def simulate(rows: list[dict], w: np.ndarray, threshold: float, calibrated: bool = False) -> dict:
+    """``ask.decide`` on the dumped windows: HasAns F1 / EM and the shares of NoAns and other-article
+    declined; ``calibrated`` adds the expected calibration error of the answers given and their
+    reliability table, as ``benchmarks/apps.py --parts squad_unanswerable`` reports them."""
+    given: list[tuple[float, bool]] = []  # (confidence, right) of every answer shown
+
+    def answer(cands, gold=None):
         for c in cands:
-            if c["grounded"] and 1 / (1 + np.exp(-(np.dot(c["features"], w[:-1]) + w[-1]))) >= threshold:
+            conf = 1 / (1 + np.exp(-(np.dot(c["features"], w[:-1]) + w[-1])))
+            if c["grounded"] and conf >= threshold:
+                right = gold is not None and squad_scores([c["extract"]], [gold])["f1"] >= 50
+                given.append((float(conf), right))
                 return c["extract"]
         return None
 
-    has = [answer(r["windows"]["hasans"]) or "" for r in rows]
-    f1 = squad_scores(has, [r["answers"] for r in rows])["f1"] / 100
-    return {"threshold": round(threshold, 3), "hasans_f1": round(f1, 4),
-            "noans_declined": round(float(np.mean([answer(r["windows"]["noans"]) is None for r in rows])), 4),
-            "other_article_declined": round(float(np.mean([answer(r["windows"]["other"]) is None for r in rows])), 4)}
+    has = [answer(r["windows"]["hasans"], r["answers"]) or "" for r in rows]
+    scores = squad_scores(has, [r["answers"] for r in rows])
+    out = {"threshold": round(threshold, 3), "hasans_f1": round(scores["f1"] / 100, 4),
+           "hasans_em": round(scores["exact_match"] / 100, 4),
+           "noans_declined": round(float(np.mean([answer(r["windows"]["noans"]) is None for r in rows])), 4),
+           "other_article_declined": round(float(np.mean([answer(r["windows"]["other"]) is None for r in rows])), 4),
+           "n": len(rows)}
+    if calibrated:
+        ece, table = calibration([c for c, _ in given], [ok for _, ok in given])
+        out |= {"confidence_ece": round(ece, 4), "answers_given": len(given), "reliability": table}
+    return out
 
 
 def main() -> None:
@@ -68,8 +85,13 @@ def main() -> None:
     p.add_argument("--noans", type=float, default=None, help="the least share of NoAns questions to decline "
                    "(default: maximize the mean of HasAns F1 and NoAns declined)")
     p.add_argument("--l2", type=float, default=1.0)
+    p.add_argument("--report", action="store_true", help="fit nothing: the figures of ask's shipped "
+                   "CONFIDENCE_WEIGHTS and MIN_CONFIDENCE on the dump, with the reliability table")
     args = p.parse_args()
     rows = [json.loads(line) for line in Path(args.dump).read_text().splitlines() if line.strip()]
+    if args.report:
+        print(json.dumps(simulate(rows, np.asarray(CONFIDENCE_WEIGHTS), MIN_CONFIDENCE, calibrated=True)))
+        return
     x, y = windows(rows)
     if len(x) == 0 or y.min() == y.max():
         sys.exit(f"{args.dump}: needs grounded answers both right and wrong to fit ({len(x)} grounded)")

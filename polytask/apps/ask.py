@@ -5,26 +5,31 @@
    answer (a small learnt model over embedding similarity, question-word overlap and the
    passage's rank) and the best ``context_sentences`` become the context (the small default
    model answers far better from a few sentences).
-2. Generate: the LM answers, greedy, a few tokens.
+2. Generate: the LM answers, greedy, a few tokens. When it declines ("not in the documents"),
+   its best answer all the same is read too (greedy once the decline's first token is ruled
+   out), as a SQuAD v2 reader keeps its best span beside its no-answer score.
 3. Ground: the answer is checked against the context (no grounded answer: steps 2-3 again on
    the next ``context_sentences`` sentences, ``windows`` tries in all). The quoted source is the sentence that
    best supports the answer (answer-word overlap + its rank), and ``extract`` is the shortest
    span of that sentence that best matches the answer (what SQuAD scores).
-
 4. Decide: every grounded answer gets a ``confidence``, the probability that it is right, from the
    model and the evidence together (``CONFIDENCE_WEIGHTS``: a logistic model over the model's own
-   probability of declining, its answer's token probability, the context's support, whether the
-   answer is copied word for word, the window, and how much of the question the quoted sentence
-   names), fitted by ``tools/fit_ask_confidence.py`` on SQuAD *train* articles asked with and
-   without their answer sentences.
+   probability of declining and whether it did, its answer's token probability and length, the
+   context's support, whether the answer is copied word for word, the window, how much of the
+   question the quoted sentence names, and that sentence's ranker score, rarity-weighted question
+   words and rank), fitted by ``tools/fit_ask_confidence.py`` on SQuAD *train* articles asked
+   with and without their answer sentences. The first answer whose confidence reaches
+   ``min_confidence`` is shown (``MIN_CONFIDENCE`` with the shipped adapter, which the model was
+   fitted on; 0 with any other reader, see ``reader_threshold``).
 
 It says "not in the documents" instead of answering when retrieval finds nothing similar
 (best passage cosine below ``min_cosine``, best sentence support below ``min_support``), when
-the model says so (the shipped adapter learnt to, on questions whose context lacks the answer:
-configs/multitask-smollm2-stage4.toml), when the answer's words are not in the retrieved
-passages (an unsupported, probably invented, answer), for a sentence of middling support when
-the context lacks the question's informative words, or when the best answer's confidence is
-below ``min_confidence``.
+no window gives an answer grounded in the retrieved passages (the model declines in other words
+too, or its answer's words are not there: an unsupported, probably invented, answer; or, for a
+sentence of middling support, the context lacks the question's informative words), or when no
+answer's confidence reaches ``min_confidence``: a decline by the model weighs there, with the
+evidence, instead of deciding alone (the 135M reader declines many questions whose answer is in
+the context).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,9 +54,10 @@ from polytask.apps.common import (
     strip_preamble,
     uses_multitask,
 )
+from polytask.engine import SamplingParams
 from polytask.errors import PolytaskError
 from polytask.store import DocStore, Hit
-from polytask.store.text import answer_sentence_scores
+from polytask.store.text import RANKER_FEATURES, RANKER_WEIGHTS, ranker_features
 from polytask.text import STOPWORDS, WORD, is_fragment, question_support, sentence_spans, stems
 
 ADHOC_COLLECTION = "_files"  # where `ask --doc FILE` indexes the file (unchanged files are not re-read)
@@ -73,14 +80,15 @@ WINDOWS = 2
 # How far down the ranked sentences follow_qualifier looks for the one that names the question's qualifier.
 QUALIFIER_SENTENCES = 4
 # The confidence model (see the module's docstring): weights of confidence_features, intercept last.
-CONFIDENCE_FEATURES = ("p_decline", "answer_logprob", "support", "verbatim", "window", "question_coverage")
-# Fitted by tools/fit_ask_confidence.py on 94 questions of SQuAD train articles 30-37 (each asked of
-# its article, of it without its answer sentences, and of another article); "verbatim" is always 1
-# with the shipped adapter (it copies), so its weight is 0.
-CONFIDENCE_WEIGHTS = (-1.4469, 0.5939, 1.2151, 0.0000, -0.7223, 0.3569, -0.5717)
+CONFIDENCE_FEATURES = ("p_decline", "answer_logprob", "support", "verbatim", "window", "question_coverage",
+                       "declined", "answer_words", "sentence_score", "sentence_idf_overlap", "sentence_rank")
+# Fitted by tools/fit_ask_confidence.py on 130 questions of SQuAD train articles 30-37 (each asked of
+# its article, of it without its answer sentences, and of another article; 362 grounded windows).
+CONFIDENCE_WEIGHTS = (-0.9099, 0.4099, 1.7072, 0.9366, -0.3844, -0.2445, -0.4742, -1.9842, 0.3174, 0.7131, 0.2820,
+                      -2.1672)
 # Below this confidence the answer is not shown: the tool's choice on the same questions, the
 # threshold with the best mean of HasAns F1 and NoAns declined (SQuAD v2's F1 on a balanced set).
-MIN_CONFIDENCE = 0.55
+MIN_CONFIDENCE = 0.475
 REFUSALS = re.compile(
     r"not (?:in|mentioned in|stated in|given in|found in) the (?:document|text|passage|context)|"
     r"(?:does|do) not (?:say|mention|contain|state|specify)|no information|i (?:don't|do not) know|"
@@ -145,7 +153,7 @@ def ask(
     min_support: float = MIN_SUPPORT,
     strong_support: float = STRONG_SUPPORT,
     windows: int = WINDOWS,
-    min_confidence: float = MIN_CONFIDENCE,
+    min_confidence: float | None = None,
 ) -> Answer:
     """Answer ``question`` from one document (``doc``, indexed on the fly) or a ``collection``."""
     if not question.strip():
@@ -170,12 +178,24 @@ def build_prompt(lm, context: str, question: str) -> str:
     return PROMPT.format(context=context, question=question)
 
 
+class Ranked(NamedTuple):
+    """A sentence of the retrieved passages as ``rank_sentences`` orders them."""
+
+    hit: Hit
+    start: int  # its character offsets in the document's extracted text
+    end: int
+    support: float  # question_support: whether the documents speak to the question at all
+    score: float  # the learnt ranker's score (answer_sentence_scores): how likely it holds the answer
+    idf_overlap: float  # the share of the question's words it holds, each weighted by its rarity
+    rank: int  # its place in the ranking, best first
+
+
 @dataclass
 class Reading:
     """What the model made of one context."""
 
-    text: str  # its answer's first line, cleaned
-    declined: bool  # it said the context does not hold the answer
+    text: str  # its answer's first line, cleaned (when it declined: its best answer all the same, or "")
+    declined: bool  # its greedy answer said the context does not hold the answer
     p_decline: float  # its probability of starting with the decline ("not in the documents")
     answer_logprob: float  # mean log-probability of its answer's tokens
 
@@ -202,12 +222,22 @@ def confidence(features: list[float]) -> float:
 def answer_from_hits(question: str, hits: list[Hit], db: DocStore, lm, context_sentences: int = 2,
                      max_new_tokens: int = 32, min_cosine: float = 0.15, min_support: float = MIN_SUPPORT,
                      strong_support: float = STRONG_SUPPORT, windows: int = WINDOWS,
-                     min_confidence: float = MIN_CONFIDENCE) -> Answer:
+                     min_confidence: float | None = None) -> Answer:
     retrieved = [{"file": h.path, "location": h.location, "page": h.page, "start": h.start, "end": h.end,
                   "score": round(h.score, 5), "cosine": round(h.cosine, 4)} for h in hits]
     found = candidates(question, hits, db, lm, context_sentences, max_new_tokens, min_cosine, min_support,
                        strong_support, windows)
+    if min_confidence is None:
+        min_confidence = reader_threshold(lm)
     return decide(question, found, retrieved, min_confidence)
+
+
+def reader_threshold(lm) -> float:
+    """``MIN_CONFIDENCE`` for the reader the confidence model was fitted on (the shipped multi-task
+    adapter), 0 for any other: the weights describe that reader's answers (short copied phrases,
+    its own decline), and another model's (the base model answers in whole sentences) fall
+    outside them, so for it only the grounding checks decline (its confidence is still reported)."""
+    return MIN_CONFIDENCE if uses_multitask(lm) else 0.0
 
 
 def decide(question: str, found: Iterable[Candidate], retrieved: list[dict] | None = None,
@@ -245,7 +275,7 @@ def candidates(question: str, hits: list[Hit], db: DocStore, lm, context_sentenc
     hits = hits[:3]  # the passages that decide which question words are informative
     for w in range(windows):  # the next sentences when the best ones give no grounded answer
         sentences = ranked[w * context_sentences : (w + 1) * context_sentences]
-        if not sentences or max(x[3] for x in sentences) < min_support:
+        if not sentences or max(x.support for x in sentences) < min_support:
             return
         cand = grounded_answer(question, sentences, hits, db, lm, max_new_tokens, strong_support, w)
         yield follow_qualifier(question, cand, ranked, hits, db, lm, max_new_tokens, strong_support, w)
@@ -258,7 +288,7 @@ def named_words(question: str) -> set[str]:
     return stems(" ".join(w for i, w in enumerate(found) if w.isdigit() or i > 0 and w[0].isupper()))
 
 
-def follow_qualifier(question: str, cand: Candidate, ranked: list[tuple[Hit, int, int, float]], hits: list[Hit],
+def follow_qualifier(question: str, cand: Candidate, ranked: list[Ranked], hits: list[Hit],
                      db: DocStore, lm, max_new_tokens: int, strong_support: float, window: int) -> Candidate:
     """A general rule and an exception ("150 euros in most cities. In London, Paris, ... 240 euros"):
     when the answer's sentence lacks something the question names (and most retrieved passages
@@ -274,7 +304,7 @@ def follow_qualifier(question: str, cand: Candidate, ranked: list[tuple[Hit, int
         return cand
     topic = stems(question) - named_words(question)
     for sentence in ranked[:QUALIFIER_SENTENCES]:
-        h, s, e, _ = sentence
+        h, s, e, *_ = sentence
         words = stems(db.document_text(h.doc_id)[s:e])
         if (h.path, s) != (quote.file, quote.start) and missing & words and topic & words:
             again = grounded_answer(question, [sentence], hits, db, lm, max_new_tokens, strong_support, window)
@@ -287,36 +317,65 @@ def follow_qualifier(question: str, cand: Candidate, ranked: list[tuple[Hit, int
 def read_context(lm, context: str, question: str, max_new_tokens: int) -> Reading:
     """The model's greedy answer from ``context``, with its token probabilities: one more forward
     over prompt + answer gives the answer's mean log-probability and the probability that the
-    model would have declined instead (the first token of the task's NO_ANSWER)."""
+    model would have declined instead (the first token of the task's NO_ANSWER).
+
+    When the model declines, its best answer all the same is read too (``Reading.text``): the
+    greedy answer after the decline's first token is ruled out, as a SQuAD v2 reader keeps its
+    best span beside the no-answer score. Whether to show it is then the confidence model's
+    choice, from the model's probability of declining and the evidence together, instead of the
+    decline alone: the 135M reader declines many questions whose answer is in the context."""
     from polytask.tasks.qa import NO_ANSWER
 
     messages = [{"role": "user", "content": build_prompt(lm, context, question)}]
     prompt = lm.tokenizer.encode_chat(messages)
     tokens = lm.complete([messages], max_new_tokens=max_new_tokens, temperature=0.0)[0].tokens
-    text = complete_sentences(strip_preamble(first_line(lm.tokenizer.decode(tokens))).strip(" \"'"))
-    ids = torch.tensor([prompt + tokens])
-    keep = torch.zeros(ids.shape, dtype=torch.bool)
-    keep[0, len(prompt) - 1 : len(prompt) - 1 + max(1, len(tokens))] = True  # the positions predicting the answer
-    with torch.inference_mode():
-        logprobs = lm.model(ids, keep=keep).float().log_softmax(-1)  # (answer tokens, vocab)
-    first = {lm.tokenizer.encode(w)[0] for w in (NO_ANSWER, NO_ANSWER.capitalize())}
-    p_decline = float(logprobs[0, sorted(first)].exp().sum())
-    answer_lp = float(logprobs[torch.arange(len(tokens)), tokens].mean()) if tokens else -10.0
+    text = clean_answer(lm, tokens)
+    logprobs = answer_logprobs(lm, prompt, tokens)
+    decline_ids = sorted({lm.tokenizer.encode(w)[0] for w in (NO_ANSWER, NO_ANSWER.capitalize())})
+    p_decline = float(logprobs[0, decline_ids].exp().sum())
     declined = not text or bool(REFUSALS.search(text))
+    if declined:  # its best answer all the same: the decline's first token ruled out
+        first = logprobs[0].clone()
+        first[decline_ids] = float("-inf")
+        start = int(first.argmax())
+        rest = [] if start in lm.engine.stop_ids or max_new_tokens < 2 else lm.engine.generate(
+            [prompt + [start]], SamplingParams(max_new_tokens=max_new_tokens - 1))[0].tokens
+        tokens = [start] + rest
+        text = clean_answer(lm, tokens)
+        if REFUSALS.search(text):
+            text = ""  # it declines in other words too: nothing to read
+        logprobs = answer_logprobs(lm, prompt, tokens)
+    answer_lp = float(logprobs[torch.arange(len(tokens)), tokens].mean()) if tokens else -10.0
     return Reading(text, declined, p_decline, answer_lp)
 
 
-def grounded_answer(question: str, sentences: list[tuple[Hit, int, int, float]], hits: list[Hit], db: DocStore,
+def clean_answer(lm, tokens: list[int]) -> str:
+    """The answer's first line, without a preamble ("Answer:") or quotes, cut at its last whole sentence."""
+    return complete_sentences(strip_preamble(first_line(lm.tokenizer.decode(tokens))).strip(" \"'"))
+
+
+def answer_logprobs(lm, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """Log-probabilities (answer tokens, vocab) at the positions predicting each answer token (the
+    first row predicts the first token; one row when the answer is empty)."""
+    ids = torch.tensor([prompt + tokens])
+    keep = torch.zeros(ids.shape, dtype=torch.bool)
+    keep[0, len(prompt) - 1 : len(prompt) - 1 + max(1, len(tokens))] = True
+    with torch.inference_mode():
+        return lm.model(ids, keep=keep).float().log_softmax(-1)
+
+
+def grounded_answer(question: str, sentences: list[Ranked], hits: list[Hit], db: DocStore,
                     lm, max_new_tokens: int, strong_support: float, window: int = 0) -> Candidate:
     """The model's answer from ``sentences``, with its source (``answer`` None when it declines or
     the answer is not grounded in them), and the confidence features."""
-    context = " ".join(db.document_text(h.doc_id)[s:e] for h, s, e, _ in sentences)
+    context = " ".join(db.document_text(h.doc_id)[s:e] for h, s, e, *_ in sentences)
     reading = read_context(lm, context, question, max_new_tokens)
-    support = max(x[3] for x in sentences)
-    features = [reading.p_decline, reading.answer_logprob, support, 0.0, float(window), 0.0]
-    if reading.declined:
-        return Candidate(reading, None, features)
+    support = max(x.support for x in sentences)
     text = reading.text
+    features = [reading.p_decline, reading.answer_logprob, support, 0.0, float(window), 0.0,
+                float(reading.declined), min(len(WORD.findall(text)), 10) / 10, 0.0, 0.0, 0.0]
+    if not text:
+        return Candidate(reading, None, features)
 
     # A sentence that matches the question strongly (support >= strong_support) answers it: the
     # answer only has to come from the context. Below that, the context must also contain a word
@@ -326,7 +385,8 @@ def grounded_answer(question: str, sentences: list[tuple[Hit, int, int, float]],
     required = informative if support < strong_support else set()
     copied = verbatim_span(text, sentences, required, db)
     if copied is not None:  # the answer is a phrase of the context: quote that sentence, extract the phrase
-        (hit, s, e, score), a, b = copied
+        quoted, a, b = copied
+        hit, s, e, score = quoted.hit, quoted.start, quoted.end, quoted.support
         doc_text = db.document_text(hit.doc_id)
         extract = doc_text[a:b]
     else:
@@ -336,8 +396,10 @@ def grounded_answer(question: str, sentences: list[tuple[Hit, int, int, float]],
         hit, s, e, score = found
         doc_text = db.document_text(hit.doc_id)
         extract = best_extract(text, question, doc_text, s, e)
+    quoted = next(x for x in sentences if x.hit.doc_id == hit.doc_id and x.start == s)
     features[3] = float(copied is not None)
     features[5] = question_coverage(informative, doc_text[s:e])
+    features[8:] = [quoted.score, quoted.idf_overlap, min(quoted.rank, 5) / 5]
     source = Source(hit.path, hit.location, hit.page, doc_text[s:e], s, e, hit.start, hit.end, round(score, 4))
     return Candidate(reading, Answer(question, text, True, extract, [source]), features)
 
@@ -359,29 +421,31 @@ def sentence_candidates(question: str, hits: list[Hit], db: DocStore
                   if not is_fragment(doc_text[s:e])]
     if not found:
         return [], [], np.zeros(0, np.float32), []
-    texts = [db.document_text(h.doc_id)[s:e] for h, s, e, _ in found]
+    texts = [db.document_text(h.doc_id)[s:e] for h, s, e, *_ in found]
     vectors = db.embedder.encode([question] + texts)
-    return [(h, s, e) for h, s, e, _ in found], texts, vectors[1:] @ vectors[0], [r for *_, r in found]
+    return [(h, s, e) for h, s, e, *_ in found], texts, vectors[1:] @ vectors[0], [r for *_, r in found]
 
 
-def rank_sentences(question: str, hits: list[Hit], db: DocStore) -> list[tuple[Hit, int, int, float]]:
+def rank_sentences(question: str, hits: list[Hit], db: DocStore) -> list[Ranked]:
     """The sentences of the retrieved passages, likeliest to hold the answer first, each with its
     support (``question_support``: embedding similarity plus the share of the question's content
     words), which decides whether the documents speak to the question at all.
 
-    The order is the learnt ranker's (``answer_sentence_scores``): on held-out SQuAD train articles
+    The order is the learnt ranker's (``RANKER_WEIGHTS`` over ``ranker_features``): on held-out SQuAD train articles
     the answer is in its best two sentences of the 5 best passages for 80.9% of the questions,
     against 76.5% for the best two by support among the 3 best passages (tools/fit_sentence_ranker.py)."""
     found, texts, cosines, ranks = sentence_candidates(question, hits, db)
     if not found:
         return []
     support = question_support(question, texts, cosines)
-    order = answer_sentence_scores(question, texts, cosines, ranks, informative_words(question, hits[:3]))
+    x = ranker_features(question, texts, cosines, ranks, informative_words(question, hits[:3]))
+    order = x @ np.asarray(RANKER_WEIGHTS)
+    idf = x[:, RANKER_FEATURES.index("idf_overlap")]
     ranked = sorted(range(len(found)), key=lambda i: -order[i])
-    return [(*found[i], support[i]) for i in ranked]
+    return [Ranked(*found[i], float(support[i]), float(order[i]), float(idf[i]), r) for r, i in enumerate(ranked)]
 
 
-def best_support(question: str, answer: str, sentences: list[tuple[Hit, int, int, float]], informative: set[str],
+def best_support(question: str, answer: str, sentences: list[Ranked], informative: set[str],
                  db: DocStore, required: set[str] | None = None):
     """(hit, start, end, score) of the context sentence that best supports the answer, or None
     when the answer's own words are mostly absent from the context (an invented answer) or the
@@ -392,19 +456,19 @@ def best_support(question: str, answer: str, sentences: list[tuple[Hit, int, int
     novel = stems(answer) - stems(question) or stems(answer)  # what the answer adds to the question
     if not novel:
         return None
-    words = [stems(db.document_text(h.doc_id)[s:e]) for h, s, e, _ in sentences]
+    words = [stems(db.document_text(h.doc_id)[s:e]) for h, s, e, *_ in sentences]
     if not words or len(novel & set().union(*words)) / len(novel) < 0.5:
         return None
-    scores = [len(novel & w) / len(novel) + len(informative & w) / max(1, len(informative)) + rank
-              for w, (_, _, _, rank) in zip(words, sentences, strict=True)]
+    scores = [len(novel & w) / len(novel) + len(informative & w) / max(1, len(informative)) + x.support
+              for w, x in zip(words, sentences, strict=True)]
     i = max(range(len(scores)), key=scores.__getitem__)
     if not novel & words[i] or (required and not required & words[i]):
         return None
-    h, s, e, _ = sentences[i]
+    h, s, e, *_ = sentences[i]
     return h, s, e, scores[i]
 
 
-def verbatim_span(answer: str, sentences: list[tuple[Hit, int, int, float]], informative: set[str], db: DocStore):
+def verbatim_span(answer: str, sentences: list[Ranked], informative: set[str], db: DocStore):
     """((hit, start, end, score) of the best context sentence containing the answer word for word, and
     the answer's character span in the document), or None. The multi-task adapter answers by
     copying a phrase (SQuAD-style); a copied phrase needs no word-overlap guess. Still refused
@@ -412,7 +476,7 @@ def verbatim_span(answer: str, sentences: list[tuple[Hit, int, int, float]], inf
     needle = answer.strip(" .,;:!?\"'")
     if not stems(needle) and not any(c.isdigit() for c in needle):
         return None  # "the", "it": nothing to quote
-    context = set().union(*(stems(db.document_text(h.doc_id)[s:e]) for h, s, e, _ in sentences))
+    context = set().union(*(stems(db.document_text(h.doc_id)[s:e]) for h, s, e, *_ in sentences))
     if informative and not informative & context:
         return None
     # Word for word, except that an article the model dropped may stand between two words
@@ -420,7 +484,7 @@ def verbatim_span(answer: str, sentences: list[tuple[Hit, int, int, float]], inf
     gap = r"\s+(?:(?:the|a|an)\s+)?"
     pattern = re.compile(r"(?<!\w)" + gap.join(re.escape(w) for w in needle.split()) + r"(?!\w)", re.I)
     for sentence in sentences:
-        h, s, e, _ = sentence
+        h, s, e, *_ = sentence
         m = pattern.search(db.document_text(h.doc_id), s, e)
         if m:
             return sentence, m.start(), m.end()

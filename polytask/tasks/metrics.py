@@ -1,5 +1,6 @@
 """Metrics, each the field's standard definition: SQuAD's official answer normalization,
-ROUGE from Google's ``rouge-score`` package, accuracy/F1, perplexity. Scores are percentages."""
+ROUGE from Google's ``rouge-score`` package, accuracy/F1, perplexity (percentages), and the
+expected calibration error of a confidence (a fraction)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 import string
 from collections import Counter
 from functools import lru_cache
+
+import numpy as np
 
 # --- labels ---------------------------------------------------------------------------------------
 
@@ -92,3 +95,18 @@ def perplexity(nll_and_counts: list[tuple[float, int]]) -> dict[str, float]:
     nll = sum(n for n, _ in nll_and_counts)
     tokens = sum(c for _, c in nll_and_counts)
     return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": float(tokens)}
+
+
+def calibration(confidences: list[float], right: list[bool], bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error of ``confidences`` (the probability each answer is right), and the
+    reliability table: of the answers given with confidence in each tenth, how many were right."""
+    table, ece = [], 0.0
+    conf, ok = np.asarray(confidences, dtype=np.float64), np.asarray(right, dtype=np.float64)
+    for b in range(bins):
+        inside = (conf >= b / bins) & ((conf < (b + 1) / bins) | (b == bins - 1))
+        if inside.any():
+            table.append({"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "answers": int(inside.sum()),
+                          "right": round(float(ok[inside].mean()), 4),
+                          "confidence": round(float(conf[inside].mean()), 4)})
+            ece += inside.sum() / len(conf) * abs(ok[inside].mean() - conf[inside].mean())
+    return float(ece), table
