@@ -85,6 +85,136 @@ class NgramDrafts:
         return h[start : start + room] if start is not None else []
 
 
+def unpenalized(stop_ids: list[int], pad_id: int) -> torch.Tensor:
+    """Token ids the repetition penalty leaves alone: the stop tokens, which every chat prompt
+    holds (its template's end-of-turn) and which must stay free to end the reply, and the
+    padding of a batch's shorter rows."""
+    return torch.unique(torch.tensor([*stop_ids, pad_id], dtype=torch.long))
+
+
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    gen: torch.Generator | None,
+    seen: torch.Tensor | None,
+    exempt: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The next token of each row: logits (batch, vocab) fp32 -> ids (batch,). ``seen`` (batch, n):
+    the tokens the repetition penalty applies to, less ``exempt``."""
+    if seen is not None:
+        prev = logits.gather(1, seen)
+        penalized = logits.scatter(
+            1, seen, torch.where(prev > 0, prev / params.repetition_penalty, prev * params.repetition_penalty)
+        )
+        if exempt is not None:
+            penalized[:, exempt] = logits[:, exempt]
+        logits = penalized
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p (the first token always stays).
+        drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
+        drop[:, 0] = False  # a top_p that rounds to 0 in fp32 must still leave one token
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+
+class Sequence:
+    """One prompt's generation, decoded a row of a batch: the per-step bookkeeping that the
+    engine and the server's scheduler share.
+
+    ``start`` fixes what the batch decides: the stop ids, the budget of new tokens, the seeded
+    generator of a sampled sequence, the tokens the repetition penalty has seen, and, for a
+    greedy sequence without a penalty when speculation is on, the n-gram index of its prompt and
+    output that drafts the next tokens (prompt lookup). Then each token the model makes goes
+    through ``accept``: a stop token ends the sequence and is not kept, the budget's last token
+    ends it too."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams) -> None:
+        self.prompt, self.params = list(prompt), params
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None  # "stop" | "length" | "error" (then ``error``)
+        self.error: BaseException | None = None
+        self.next_token = 0  # the last token kept: the next step's input
+        self.stops: frozenset[int] = frozenset()
+        self.left = 0  # new tokens it may still make
+        self.generator: torch.Generator | None = None
+        self.seen: torch.Tensor | None = None  # (1, n) with a repetition penalty
+        self.exempt: torch.Tensor | None = None
+        self.drafts: NgramDrafts | None = None
+
+    def start(self, stop_ids: list[int], budget: int, pad_id: int = 0, device=None, lookahead: int = 0) -> None:
+        """``stop_ids``: the engine's defaults, for params that name none; ``lookahead`` > 0: draft."""
+        p = self.params
+        stops = p.stop_ids if p.stop_ids is not None else stop_ids
+        self.stops, self.left = frozenset(stops), budget
+        if p.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(p.seed if p.seed is not None else torch.seed())
+        if p.repetition_penalty != 1.0:
+            self.seen = torch.tensor([self.prompt], dtype=torch.long, device=device)
+            self.exempt = unpenalized(list(stops), pad_id)
+        if lookahead and self.greedy:
+            self.drafts = NgramDrafts(self.prompt)
+
+    @property
+    def greedy(self) -> bool:
+        """The next token is the argmax (no temperature, no penalty): speculation keeps the output."""
+        return self.params.temperature == 0 and self.params.repetition_penalty == 1.0
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """The next token from this row's logits (1, vocab) fp32."""
+        return int(sample(logits, self.params, self.generator, self.seen, self.exempt)[0])
+
+    def draft(self, room: int) -> list[int]:
+        """Up to ``room`` draft tokens, never more than the budget can keep after the next one."""
+        return self.drafts.draft(min(room, self.left - 1)) if self.drafts is not None else []
+
+    def verified(self, draft: list[int], preds: list[int]) -> list[int]:
+        """The tokens a step made for a greedy row that fed its next token and ``draft``: the draft's
+        prefix that the argmax at each position confirms (a stop token ends it), then the argmax
+        after that prefix. ``preds[i]``: the argmax after input position i."""
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == preds[accepted] and draft[accepted] not in self.stops:
+            accepted += 1
+        return [*draft[:accepted], preds[accepted]]
+
+    def accept(self, token: int) -> bool:
+        """Take one token the model made; False when the sequence is over."""
+        if token in self.stops:
+            self.finish_reason = "stop"
+            return False
+        self.tokens.append(token)
+        self.left -= 1
+        if self.left == 0:
+            self.finish_reason = "length"
+            return False
+        self.next_token = token
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, self.seen.new_tensor([[token]])], dim=1)
+        if self.drafts is not None:
+            self.drafts.add(token)
+        return True
+
+    def extend(self, made: list[int]) -> list[int]:
+        """``accept`` the tokens of one step in order, up to the one that ends the sequence; the tokens kept."""
+        kept = len(self.tokens)
+        for t in made:
+            if not self.accept(t):
+                break
+        return self.tokens[kept:]
+
+    def fail(self, error: BaseException) -> None:
+        self.finish_reason, self.error = "error", error
+
+
 def _memory_bytes() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -167,11 +297,11 @@ class Engine:
         cache = KVCache(self.model.config, batch, cache_len, self.dtype, self.device)
         padded = mask is not None
         seen = tokens.clone() if params.repetition_penalty != 1.0 else None
-        exempt = self.unpenalized(stops) if seen is not None else None
+        exempt = unpenalized(stops.tolist(), self.pad_id) if seen is not None else None
         logits = self.model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)[:, -1]
         done = torch.zeros(batch, dtype=torch.bool)
         for step in range(cache_len - longest):
-            nxt = self._sample(logits.float(), params, gen, seen, exempt)
+            nxt = sample(logits.float(), params, gen, seen, exempt)
             finished_now = torch.isin(nxt, stops) & ~done
             out = nxt.tolist()
             yield [None if (d or f) else t for t, d, f in zip(out, done.tolist(), finished_now.tolist(), strict=True)]
@@ -217,33 +347,22 @@ class Engine:
         only the matmul shapes differ, as in any batched forward. Answers that quote their
         document, summaries and code accept many drafts; without a match it is a plain step.
         """
-        model, stop_set = self.model, set(stops.tolist())
+        model, seq = self.model, Sequence(prompt, params)
+        seq.start(stops.tolist(), cache_len - len(prompt), lookahead=self.lookahead)
         cache = KVCache(model.config, 1, min(cache_len + self.lookahead, self.context_length), self.dtype, self.device)
-        drafts = NgramDrafts(prompt)
         logits = model(torch.tensor([prompt], device=self.device), cache=cache, last_only=True)
-        nxt = int(logits[0, -1].argmax())
-        budget = cache_len - len(prompt)
+        made = [int(logits[0, -1].argmax())]
         while True:
-            if nxt in stop_set:
-                yield [None]
-                return
-            yield [nxt]
-            budget -= 1
-            if budget == 0:
-                return
-            drafts.add(nxt)
-            draft = drafts.draft(min(self.lookahead, budget - 1, cache.max_len - cache.pos - 1))
-            logits = model(torch.tensor([[nxt, *draft]], device=self.device), cache=cache)
-            preds = logits[0].argmax(-1).tolist()  # preds[i]: the greedy token after input position i
-            accepted = 0
-            while accepted < len(draft) and draft[accepted] == preds[accepted] and draft[accepted] not in stop_set:
-                accepted += 1
-            cache.pos -= len(draft) - accepted  # rejected drafts' keys/values are overwritten later
-            for t in draft[:accepted]:
+            for t in seq.extend(made):
                 yield [t]
-                budget -= 1
-                drafts.add(t)
-            nxt = preds[accepted]
+            if seq.finish_reason is not None:
+                if seq.finish_reason == "stop":
+                    yield [None]
+                return
+            draft = seq.draft(min(self.lookahead, cache.max_len - cache.pos - 1))
+            logits = model(torch.tensor([[seq.next_token, *draft]], device=self.device), cache=cache)
+            made = seq.verified(draft, logits[0].argmax(-1).tolist())
+            cache.pos -= len(draft) + 1 - len(made)  # rejected drafts' keys/values are overwritten later
 
     @torch.inference_mode()
     def _generate_lookup_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
@@ -257,7 +376,7 @@ class Engine:
         (the slowest row's count); a forward of 3 positions per row costs less than twice one.
         The output is each row's greedy output.
         """
-        model, stop_set = self.model, set(params.stop_ids if params.stop_ids is not None else self.stop_ids)
+        model = self.model
         cache_len = self._check(prompts, params)
         batch, longest = len(prompts), max(len(p) for p in prompts)
         budget = cache_len - longest  # new tokens per row, as in stream_batch
@@ -271,36 +390,22 @@ class Engine:
         tokens, _, valid, positions, mask = self._left_padded(prompts, slots)
         valid[:, longest:] = False  # (batch, slots): the slots holding a row's real tokens
         logits = model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)
-        nxt = logits[:, -1].argmax(-1).tolist()
         length = [len(p) for p in prompts]  # real tokens in the cache per row (the next one's position)
-        rows = [NgramDrafts(p) for p in prompts]
-        results = [Completion() for _ in prompts]
-        left = [budget] * batch
-        active = [True] * batch
-
-        def emit(i: int, t: int) -> None:
-            if t in stop_set:
-                active[i] = False
-                results[i].finish_reason = "stop"
-                return
-            results[i].tokens.append(t)
-            rows[i].add(t)
-            left[i] -= 1
-            if left[i] == 0:
-                active[i] = False
-
-        for i in range(batch):
-            emit(i, nxt[i])
-        while any(active):
-            drafts = [rows[i].draft(min(width - 1, left[i] - 1)) if active[i] else [] for i in range(batch)]
+        seqs = [Sequence(p, params) for p in prompts]
+        for seq, t in zip(seqs, logits[:, -1].argmax(-1).tolist(), strict=True):
+            seq.start(self.stop_ids, budget, lookahead=self.lookahead)
+            seq.accept(t)
+        while not all(seq.finish_reason for seq in seqs):
+            active = [seq.finish_reason is None for seq in seqs]
+            drafts = [seq.draft(width - 1) if a else [] for seq, a in zip(seqs, active, strict=True)]
             pos = cache.pos
-            most_left = max(n for n, a in zip(left, active, strict=True) if a)
+            most_left = max(seq.left for seq, a in zip(seqs, active, strict=True) if a)
             w = width if any(drafts) and pos + width + most_left <= slots else 1
             if w == 1:
                 drafts = [[] for _ in drafts]
             window = torch.full((batch, w), self.pad_id, dtype=torch.long)
-            for i in range(batch):
-                window[i, : 1 + len(drafts[i])] = torch.tensor([nxt[i], *drafts[i]], dtype=torch.long)
+            for i, seq in enumerate(seqs):
+                window[i, : 1 + len(drafts[i])] = torch.tensor([seq.next_token, *drafts[i]], dtype=torch.long)
             valid[:, pos : pos + w] = True  # this step's own slots, for its queries
             step_positions = torch.tensor(length)[:, None] + torch.arange(w)[None, :]
             # Holes and finished rows run past their last real token; their outputs are never used.
@@ -309,60 +414,13 @@ class Engine:
             keys[:, :, pos:] &= torch.ones(w, w, dtype=torch.bool).tril()
             logits = model(window.to(self.device), cache=cache, positions=step_positions, mask=keys[:, None])
             preds = logits.argmax(-1).tolist()  # (batch, w): the greedy token after each window position
-            for i in range(batch):
-                accepted = 0
+            for i, seq in enumerate(seqs):
+                made = seq.verified(drafts[i], preds[i]) if active[i] else preds[i][:1]
+                valid[i, pos + len(made) : pos + w] = False  # rejected or missing drafts: holes
+                length[i] += len(made)
                 if active[i]:
-                    d = drafts[i]
-                    while accepted < len(d) and d[accepted] == preds[i][accepted] and d[accepted] not in stop_set:
-                        accepted += 1
-                valid[i, pos + 1 + accepted : pos + w] = False  # rejected or missing drafts: holes
-                length[i] += 1 + accepted
-                nxt[i] = preds[i][accepted]
-                if active[i]:
-                    for t in drafts[i][:accepted]:
-                        emit(i, t)
-                    if active[i]:
-                        emit(i, nxt[i])
-        return results
-
-    def unpenalized(self, stops: torch.Tensor) -> torch.Tensor:
-        """Token ids the repetition penalty leaves alone: the stop tokens, which every chat prompt
-        holds (its template's end-of-turn) and which must stay free to end the reply, and the
-        padding of a batch's shorter rows."""
-        return torch.unique(torch.cat([stops, torch.tensor([self.pad_id])]))
-
-    @staticmethod
-    def _sample(
-        logits: torch.Tensor,
-        params: SamplingParams,
-        gen: torch.Generator | None,
-        seen: torch.Tensor | None,
-        exempt: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        # logits: (batch, vocab) fp32
-        if seen is not None:
-            prev = logits.gather(1, seen)
-            penalized = logits.scatter(
-                1, seen, torch.where(prev > 0, prev / params.repetition_penalty, prev * params.repetition_penalty)
-            )
-            if exempt is not None:
-                penalized[:, exempt] = logits[:, exempt]
-            logits = penalized
-        if params.temperature == 0:
-            return logits.argmax(dim=-1)
-        logits = logits / params.temperature
-        if params.top_k:
-            kth = torch.topk(logits, min(params.top_k, logits.size(-1))).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if params.top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            # Drop a token when the mass before it already reaches top_p (the first token always stays).
-            drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
-            drop[:, 0] = False  # a top_p that rounds to 0 in fp32 must still leave one token
-            logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                    seq.extend(made)
+        return [Completion(seq.tokens, seq.finish_reason) for seq in seqs]
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Completion]:
         params = params or SamplingParams()

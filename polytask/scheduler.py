@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from polytask.engine import Completion, Engine, SamplingParams
+from polytask.engine import Completion, Engine, SamplingParams, Sequence
 from polytask.errors import PolytaskError
 from polytask.model import KVCache, ModelConfig
 
@@ -122,31 +122,25 @@ class SlotCache:
 _ids = itertools.count(1)
 
 
-class Request:
-    """One generation: tokens stream out as they are made; ``cancel()`` frees its slot at the next step."""
+class Request(Sequence):
+    """One generation: tokens stream out as they are made; ``cancel()`` frees its slot at the next step.
+
+    Its decoding state (the ``Sequence`` part) is owned by the scheduler thread; ``finish_reason``
+    also takes "timeout" and "cancelled" here."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, timeout_s: float,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(prompt, params)
         self.id = next(_ids)
-        self.prompt = list(prompt)
-        self.params = params
         self.created = time.monotonic()
         self.deadline = self.created + timeout_s
         self.started: float | None = None  # admitted (prefill began)
         self.first_token_at: float | None = None
-        self.tokens: list[int] = []
-        self.finish_reason: str | None = None  # "stop" | "length" | "timeout" | "cancelled" | "error"
-        self.error: BaseException | None = None
         self.cancelled = False
         self._done = threading.Event()
         self._ended = False  # the async consumer has seen the end marker
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
-        # sampling state, owned by the scheduler thread
-        self.generator: torch.Generator | None = None
-        self.seen: torch.Tensor | None = None
-        self.unpenalized: torch.Tensor | None = None  # ids the repetition penalty spares (set with seen)
-        self.next_token = 0
 
     # -- producer side (scheduler thread) ---------------------------------------------------------
     def _put(self, item) -> None:
@@ -159,9 +153,9 @@ class Request:
             self._events.put(item)
 
     def _emit(self, token: int) -> None:
+        """Send a token that ``accept`` kept."""
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        self.tokens.append(token)
         self._put(token)
 
     def _finish(self, reason: str, error: BaseException | None = None) -> None:
@@ -388,44 +382,28 @@ class Scheduler:
 
     def _prefill(self, req: Request) -> None:
         req.started = time.monotonic()
-        p = req.params
-        if p.temperature > 0:
-            req.generator = torch.Generator(device=self.device)
-            req.generator.manual_seed(p.seed if p.seed is not None else torch.seed())
-        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
-        if p.repetition_penalty != 1.0:
-            req.seen = ids.clone()
-            stops = p.stop_ids if p.stop_ids is not None else self.stop_ids
-            req.unpenalized = self.engine.unpenalized(torch.tensor(stops, dtype=torch.long))
         n = len(req.prompt)
+        # The engine's budget: at most max_new_tokens, and the last token is never fed back.
+        req.start(self.stop_ids, min(req.params.max_new_tokens, self.max_len - n), self.pad_id, self.device)
+        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
         prefill = KVCache(self.model.config, 1, n, self.dtype, self.device)
         with self.model_lock:
             logits = self.model(ids, cache=prefill, last_only=True)[:, -1]
         self.counts["prompt_tokens"] += n
         slot = len(self.rows)
-        if self._accept(req, self._sample_row(req, logits), n):
+        if self._accept(req, [req.sample(logits.float())]):
             self.cache.load(slot, prefill, n)
             self.rows.append(req)
             self.lengths.append(n)
 
-    def _sample_row(self, req: Request, logits: torch.Tensor) -> int:
-        return int(Engine._sample(logits.float(), req.params, req.generator, req.seen, req.unpenalized)[0])
-
-    def _accept(self, req: Request, token: int, length: int) -> bool:
-        """Emit ``token`` for a request whose cache holds ``length`` keys; False when it is finished."""
-        stops = req.params.stop_ids if req.params.stop_ids is not None else self.stop_ids
-        self.counts["tokens"] += 1
-        if token in stops:
-            self._retire(req, "stop")
+    def _accept(self, req: Request, made: list[int]) -> bool:
+        """Emit the tokens ``req`` keeps of ``made``; False when it is finished."""
+        self.counts["tokens"] += len(made)
+        for t in req.extend(made):
+            req._emit(t)
+        if req.finish_reason is not None:
+            self._retire(req, req.finish_reason)
             return False
-        req._emit(token)
-        # The engine's budget: at most max_new_tokens, and the last token is never fed back.
-        if len(req.tokens) >= req.params.max_new_tokens or length + 1 >= self.max_len:
-            self._retire(req, "length")
-            return False
-        req.next_token = token
-        if req.seen is not None:
-            req.seen = torch.cat([req.seen, req.seen.new_tensor([[token]])], dim=1)
         return True
 
     @torch.inference_mode()
@@ -454,17 +432,17 @@ class Scheduler:
             self._recent.popleft()
         self.lengths = [x + 1 for x in self.lengths]
         # Greedy rows without a penalty: one argmax for all of them, one host sync per step.
-        plain = [i for i, r in enumerate(self.rows) if r.params.temperature == 0 and r.seen is None]
+        plain = [i for i, r in enumerate(self.rows) if r.greedy]
         picked = dict(zip(plain, logits[plain].argmax(-1).tolist(), strict=True)) if plain else {}
         gone = []
         for i, r in enumerate(self.rows):
             try:
-                token = picked[i] if i in picked else self._sample_row(r, logits[i : i + 1])
+                token = picked[i] if i in picked else r.sample(logits[i : i + 1])
             except Exception as e:  # one row's sampling settings failed: that row alone ends
                 self._retire(r, "error", e)
                 gone.append(i)
                 continue
-            if not self._accept(r, token, self.lengths[i]):
+            if not self._accept(r, [token]):
                 gone.append(i)
         self._drop(gone)
         if not self.rows:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polytask.engine import BATCH_LOOKAHEAD, Engine, SamplingParams
+from polytask.engine import BATCH_LOOKAHEAD, Engine, SamplingParams, sample, unpenalized
 from polytask.model import KVCache, build_model, preset
 from polytask.runtime import LM
 
@@ -61,14 +61,14 @@ def test_top_k_one_is_greedy(tiny_engine):
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]])  # softmax ~ [0.72, 0.26, 0.005, 0.002]
     gen = torch.Generator().manual_seed(0)
-    draws = {int(Engine._sample(logits, SamplingParams(temperature=1.0, top_p=0.9), gen, None)) for _ in range(200)}
+    draws = {int(sample(logits, SamplingParams(temperature=1.0, top_p=0.9), gen, None)) for _ in range(200)}
     assert draws == {0, 1}
 
 
 def test_repetition_penalty_discourages_seen_tokens():
     logits = torch.tensor([[3.0, 2.9, -1.0]])
     seen = torch.tensor([[0]])
-    picked = Engine._sample(logits, SamplingParams(repetition_penalty=1.5), None, seen)
+    picked = sample(logits, SamplingParams(repetition_penalty=1.5), None, seen)
     assert int(picked) == 1
 
 
@@ -331,9 +331,9 @@ def test_repetition_penalty_spares_stop_and_padding_tokens(tiny_engine):
     logits[0, stop], logits[0, 7] = 5.0, 4.0
     seen = torch.tensor([[stop, 3]])
     params = SamplingParams(repetition_penalty=2.0)
-    assert Engine._sample(logits, params, None, seen)[0] == 7  # penalized: the reply could not end
-    exempt = tiny_engine.unpenalized(torch.tensor(tiny_engine.stop_ids))
-    assert Engine._sample(logits, params, None, seen, exempt)[0] == stop
+    assert sample(logits, params, None, seen)[0] == 7  # penalized: the reply could not end
+    exempt = unpenalized(tiny_engine.stop_ids, tiny_engine.pad_id)
+    assert sample(logits, params, None, seen, exempt)[0] == stop
     prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700], [42]]
     penalized = SamplingParams(max_new_tokens=8, stop_ids=[], repetition_penalty=50.0)
     for p, got in zip(prompts, tiny_engine.generate(prompts, penalized), strict=True):
