@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from polytask.errors import PolytaskError
-from polytask.model import KVCache, Llama, can_pack, pack_projections
+from polytask.model import KVCache, Llama, ModelConfig, can_pack, pack_projections
 from polytask.onnx_model import OnnxLlama
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
@@ -213,6 +213,183 @@ class Sequence:
 
     def fail(self, error: BaseException) -> None:
         self.finish_reason, self.error = "error", error
+
+
+class SlotCache:
+    """Keys/values of ``slots`` independent sequences: (layers, slots, kv_heads, capacity, head_dim).
+
+    Duck-types ``KVCache`` for one step of a ``SlotBatch``: ``begin(lengths, t)`` says where each
+    active row writes its ``t`` new keys (from its own length, ``write_at``); ``update`` writes
+    there and returns the first ``n`` rows up to the longest row's end, which the step's mask cuts
+    to each row's own keys. The ONNX backend (``onnx_model.OnnxLlama``) hands the buffers and
+    ``write_at`` to ORT instead.
+
+    It grows along the sequence axis by doubling (up to ``max_len``) and shrinks back when the
+    batch empties, so memory follows the work instead of the worst case.
+    """
+
+    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None,
+                 initial: int = 256) -> None:
+        self.cfg, self.slots, self.max_len, self.dtype, self.device = cfg, slots, max_len, dtype, device
+        self.initial = min(initial, max_len)
+        # Read by the model only when a step passes no mask: one row, which is a KVCache's case.
+        self.pos = 0
+        self._alloc(self.initial)
+        self._rows = self._at = self.write_at = None
+        self._n = self._kv_len = 0
+
+    def _alloc(self, capacity: int) -> None:
+        shape = (self.cfg.num_layers, self.slots, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
+        # Zeroed, unlike KVCache: shorter rows read (masked) slots they never wrote, and a masked
+        # NaN would still poison softmax @ v (0 * NaN = NaN).
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.capacity = capacity
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions per slot (doubling, so growth is rare)."""
+        if length <= self.capacity:
+            return
+        assert length <= self.max_len
+        old_k, old_v, old = self.k, self.v, self.capacity
+        self._alloc(min(self.max_len, max(length, 2 * old)))
+        self.k[:, :, :, :old] = old_k
+        self.v[:, :, :, :old] = old_v
+
+    def release(self) -> None:
+        """Back to the initial size (called when no slot is in use)."""
+        if self.capacity > self.initial:
+            self._alloc(self.initial)
+
+    def load(self, slot: int, cache: KVCache, length: int) -> None:
+        """Copy a prefilled batch-1 cache into ``slot``."""
+        self.reserve(length + 1)
+        self.k[:, slot, :, :length] = cache.k[:, 0, :, :length]
+        self.v[:, slot, :, :length] = cache.v[:, 0, :, :length]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+    def begin(self, lengths: torch.Tensor, t: int = 1) -> None:
+        """Next forward: rows ``0..n-1`` each write ``t`` keys from their own length on."""
+        self._n = lengths.numel()
+        self._kv_len = int(lengths.max()) + t
+        self.reserve(self._kv_len)
+        self.write_at = lengths.to(self.k.device)
+        self._rows = torch.arange(self._n, device=self.k.device)[:, None]
+        self._at = self.write_at[:, None] + torch.arange(t, device=self.k.device)  # (n, t)
+        self.pos = int(lengths[0]) if self._n == 1 else 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: (n, kv_heads, t, head_dim): row i's keys go to positions lengths[i].. of slot i.
+        self.k[layer, self._rows, :, self._at] = k.transpose(1, 2)
+        self.v[layer, self._rows, :, self._at] = v.transpose(1, 2)
+        return self.k[layer, : self._n, :, : self._kv_len], self.v[layer, : self._n, :, : self._kv_len]
+
+    def advance(self, t: int) -> None:
+        """Nothing: ``begin`` places every step."""
+
+
+class SlotBatch:
+    """The step-level generation core: ``Sequence``s decoding together, one per slot of a
+    ``SlotCache``, each at its own length (Orca, Yu et al. OSDI 2022: iteration-level scheduling).
+
+    ``prefill`` prefills a sequence alone (batch 1, a plain ``KVCache``, so a long prompt never pads
+    the others), takes its first token and copies its keys/values into the next free slot; a
+    ``step`` is one forward for every row; sequences leave when they end, or by ``remove``, between
+    two steps. Active rows are kept packed in slots ``0..n-1`` (a leaving row is replaced by the
+    last one), so a step reads contiguous views and no gather is needed.
+
+    A step feeds each row its last token and, for a greedy row, a prompt-lookup draft (see
+    ``Engine._stream_lookup``): every row gets a window of the same width (a shorter draft is
+    padded), row i's window takes slots ``length_i..`` and each query sees its own row's keys up
+    to itself. A row advances by the tokens it keeps; the slots of its rejected drafts lie past its
+    length, masked, and are overwritten later. The output is each row's greedy output. One row
+    drafts up to the engine's ``lookahead`` on every backend; several rows draft up to
+    BATCH_LOOKAHEAD each only where the backend verifies windows of several rows
+    (``Engine.batched_windows``: torch; ONNX Runtime's GroupQueryAttention takes several new
+    positions per row only for a batch of one, see ``onnx_model``), and decode a token a step elsewhere.
+    """
+
+    def __init__(self, engine: Engine, slots: int, max_len: int, initial: int = 256) -> None:
+        self.engine, self.model, self.max_len = engine, engine.model, max_len
+        self.cache = SlotCache(self.model.config, slots, max_len, engine.dtype, engine.device, initial)
+        self.rows: list[Sequence] = []  # row i lives in slot i
+        self.lengths: list[int] = []  # keys held per row; its next token goes at this position
+
+    @torch.inference_mode()
+    def prefill(self, seq: Sequence) -> list[int]:
+        """Start ``seq`` (its budget: at most max_new_tokens, the sequence at most ``max_len``) and
+        take its first token; the tokens it kept. Unless that token ended it, it holds a slot now."""
+        assert len(self.rows) < self.cache.slots and 0 < len(seq.prompt) < self.max_len
+        e, n = self.engine, len(seq.prompt)
+        seq.start(e.stop_ids, min(seq.params.max_new_tokens, self.max_len - n), e.pad_id, e.device, e.lookahead)
+        cache = KVCache(self.model.config, 1, n, e.dtype, e.device)
+        logits = self.model(torch.tensor([seq.prompt], device=e.device), cache=cache, last_only=True)[:, -1]
+        kept = seq.extend([seq.sample(logits.float())])
+        if seq.finish_reason is None:
+            self.cache.load(len(self.rows), cache, n)
+            self.rows.append(seq)
+            self.lengths.append(n)
+        return kept
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Sequence, list[int]]]:
+        """One forward for every row: each row's sequence with the tokens it kept. Rows that ended
+        (a stop, the budget, or their sampling failed: ``finish_reason`` "error") have left."""
+        rows, e, n = self.rows, self.engine, len(self.rows)
+        room = e.lookahead if n == 1 else min(e.lookahead, BATCH_LOOKAHEAD) if e.batched_windows else 0
+        drafts = [seq.draft(room) for seq in rows]
+        # Every row writes the window's slots: all must lie inside the cache.
+        width = min(1 + max(map(len, drafts)), self.max_len - max(self.lengths))
+        drafts = [d[: width - 1] for d in drafts]
+        tokens = torch.full((n, width), e.pad_id, dtype=torch.long)
+        for i, (seq, d) in enumerate(zip(rows, drafts, strict=True)):
+            tokens[i, : 1 + len(d)] = torch.tensor([seq.next_token, *d], dtype=torch.long)
+        lengths = torch.tensor(self.lengths, dtype=torch.long)
+        self.cache.begin(lengths, width)
+        positions = mask = None  # one row: the cache's pos is its length, as in a KVCache
+        if n > 1:
+            positions = (lengths[:, None] + torch.arange(width)).to(e.device)  # (n, width)
+            keys = torch.arange(max(self.lengths) + width, device=e.device)
+            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (n, 1, width, keys)
+        logits = self.model(tokens.to(e.device), cache=self.cache, positions=positions, mask=mask)
+        # One argmax for every row, one host sync a step; sampled rows take their own below.
+        preds = logits.argmax(-1).tolist()  # (n, width): the argmax after each window position
+        made, gone = [], []
+        for i, seq in enumerate(rows):
+            if seq.greedy:
+                new = seq.verified(drafts[i], preds[i])
+            else:
+                try:
+                    new = [seq.sample(logits[i : i + 1, 0].float())]
+                except Exception as error:  # one row's sampling settings failed: that row alone ends
+                    seq.fail(error)
+                    new = []
+            made.append((seq, seq.extend(new)))
+            self.lengths[i] += len(new)  # its fed token and the drafts it kept now hold keys
+            if seq.finish_reason is not None:
+                gone.append(i)
+        self.remove(gone)
+        return made
+
+    def remove(self, gone: list[int]) -> None:
+        """Drop rows ``gone``; the last row moves into each freed slot so active rows stay packed."""
+        for i in sorted(gone, reverse=True):
+            last = len(self.rows) - 1
+            if i != last:
+                self.cache.move(last, i, self.lengths[last])
+                self.rows[i], self.lengths[i] = self.rows[last], self.lengths[last]
+            self.rows.pop()
+            self.lengths.pop()
+        if not self.rows:
+            self.cache.release()
+
+    def clear(self) -> None:
+        """Drop every row (after a failed step: the caller ends their requests)."""
+        self.rows, self.lengths = [], []
+        self.cache.release()
 
 
 def _memory_bytes() -> int:
