@@ -1,9 +1,13 @@
 """The generation engine: token ids in, token ids out.
 
-A preallocated KV cache (written in place, never grown), batched prompts of different lengths
-(left-padded, with per-row positions and a padding mask), greedy or sampled decoding
-(temperature, top-k, top-p, repetition penalty, a seed for reproducible sampling), stop tokens,
-and streaming. Nothing here knows about text: prompts, templates and wording live above.
+The step-level core that the CLI's ``Engine`` and the server's ``scheduler.Scheduler`` share:
+a prompt's decoding state and its per-step rules (``Sequence``: sampling with a seed, the
+repetition penalty, stop tokens, the budget, prompt-lookup drafts), and ``SlotBatch``, sequences
+decoding together over a ``SlotCache`` (prefill one, a step for all, each row at its own length,
+drafts verified in the step). ``Engine`` decodes one prompt on it and left-pads batches of
+prompts into a preallocated ``KVCache`` (per-row positions and a padding mask). The backends
+(``model.Llama``, ``onnx_model.OnnxLlama``) sit below. Nothing here knows about text: prompts,
+templates and wording live above.
 """
 
 from __future__ import annotations
@@ -301,12 +305,19 @@ class SlotBatch:
     two steps. Active rows are kept packed in slots ``0..n-1`` (a leaving row is replaced by the
     last one), so a step reads contiguous views and no gather is needed.
 
-    A step feeds each row its last token and, for a greedy row, a prompt-lookup draft (see
-    ``Engine._stream_lookup``): every row gets a window of the same width (a shorter draft is
-    padded), row i's window takes slots ``length_i..`` and each query sees its own row's keys up
-    to itself. A row advances by the tokens it keeps; the slots of its rejected drafts lie past its
-    length, masked, and are overwritten later. The output is each row's greedy output. One row
-    drafts up to the engine's ``lookahead`` on every backend; several rows draft up to
+    A step feeds each row its last token and, for a greedy row, a prompt-lookup draft (Saxena
+    2023; vLLM's n-gram drafts): when the row's last 3 (or 2) tokens occurred earlier in its prompt
+    or output, the tokens that followed them there are checked in the same forward as the next
+    token. On a CPU a decode step is bound by reading the weights, so checking a few extra
+    positions costs little more than one, and every accepted draft token is a step saved. Answers
+    that quote their document, summaries and code accept many drafts; without a match it is a
+    plain step. Every row gets a window of the same width (a shorter draft is padded), row i's
+    window takes slots ``length_i..`` and each query sees its own row's keys up to itself. A row
+    advances by the tokens it keeps; the slots of its rejected drafts lie past its length, masked,
+    and are overwritten later. The output is each row's greedy output (the argmax at every
+    position; only the matmul shapes differ, as in any batched forward).
+
+    One row drafts up to the engine's ``lookahead`` on every backend; several rows draft up to
     BATCH_LOOKAHEAD each only where the backend verifies windows of several rows
     (``Engine.batched_windows``: torch; ONNX Runtime's GroupQueryAttention takes several new
     positions per row only for a batch of one, see ``onnx_model``), and decode a token a step elsewhere.
@@ -400,8 +411,13 @@ def _memory_bytes() -> int:
 
 
 class Engine:
-    """``lookahead``: at most this many draft tokens per step for greedy decoding (prompt-lookup
-    speculation: ``_stream_lookup`` for one prompt, ``_generate_lookup_batch`` for several, where
+    """Generation for the CLI, evaluation and the applications. One prompt runs through the step
+    core that the server's continuous batching runs on (``SlotBatch``, one slot); a batch of
+    prompts is left-padded and decoded together (``stream_batch``, ``_generate_lookup_batch``),
+    with its weights packed for its row count.
+
+    ``lookahead``: at most this many draft tokens per step for greedy decoding (prompt-lookup
+    speculation: ``SlotBatch`` for one prompt, ``_generate_lookup_batch`` for several, where
     it is also capped by BATCH_LOOKAHEAD, and which needs a backend that runs windows of several
     positions for several rows: torch, not ONNX Runtime, see ``onnx_model``); 0 turns it off.
 
@@ -459,10 +475,10 @@ class Engine:
     def stream_batch(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[int | None]]:
         """Yields, per decode step, one new token per row (None for rows already finished)."""
         cache_len = self._check(prompts, params)
-        stops = torch.tensor(params.stop_ids if params.stop_ids is not None else self.stop_ids, dtype=torch.long)
-        if len(prompts) == 1 and params.temperature == 0 and params.repetition_penalty == 1.0 and self.lookahead:
-            yield from self._stream_lookup(prompts[0], params, stops, cache_len)
+        if len(prompts) == 1:
+            yield from self._stream_one(prompts[0], params, cache_len)
             return
+        stops = torch.tensor(params.stop_ids if params.stop_ids is not None else self.stop_ids, dtype=torch.long)
         gen = None
         if params.temperature > 0:
             gen = torch.Generator(device=self.device)
@@ -511,39 +527,25 @@ class Engine:
             mask = ((causal & key_valid[:, None, :longest]) | torch.eye(longest, dtype=torch.bool))[:, None]
         return tokens.to(self.device), pad, key_valid, positions, mask
 
-    def _stream_lookup(
-        self, prompt: list[int], params: SamplingParams, stops: torch.Tensor, cache_len: int
-    ) -> Iterator[list[int | None]]:
-        """Greedy decoding with prompt-lookup speculation (Saxena 2023; vLLM's n-gram drafts).
-
-        When the last 3 (or 2) tokens occurred earlier in the prompt or the output, the tokens
-        that followed them there are proposed as a draft and checked in the same forward pass
-        as the next token. On a CPU a decode step is bound by reading the weights, so checking
-        up to ``lookahead`` extra positions costs little more than one, and every accepted draft
-        token is a step saved. The output is the greedy output (the argmax at every position);
-        only the matmul shapes differ, as in any batched forward. Answers that quote their
-        document, summaries and code accept many drafts; without a match it is a plain step.
-        """
-        model, seq = self.model, Sequence(prompt, params)
-        seq.start(stops.tolist(), cache_len - len(prompt), lookahead=self.lookahead)
-        cache = KVCache(model.config, 1, min(cache_len + self.lookahead, self.context_length), self.dtype, self.device)
-        logits = model(torch.tensor([prompt], device=self.device), cache=cache, last_only=True)
-        made = [int(logits[0, -1].argmax())]
+    def _stream_one(self, prompt: list[int], params: SamplingParams, cache_len: int) -> Iterator[list[int | None]]:
+        """One prompt through the step core, as the server decodes it: a ``SlotBatch`` of one slot
+        (greedy decoding verifies prompt-lookup drafts of up to ``lookahead`` tokens a step)."""
+        batch, seq = SlotBatch(self, 1, cache_len, initial=cache_len), Sequence(prompt, params)
+        kept = batch.prefill(seq)
         while True:
-            for t in seq.extend(made):
+            for t in kept:
                 yield [t]
+            if seq.error is not None:
+                raise seq.error
             if seq.finish_reason is not None:
                 if seq.finish_reason == "stop":
                     yield [None]
                 return
-            draft = seq.draft(min(self.lookahead, cache.max_len - cache.pos - 1))
-            logits = model(torch.tensor([[seq.next_token, *draft]], device=self.device), cache=cache)
-            made = seq.verified(draft, logits[0].argmax(-1).tolist())
-            cache.pos -= len(draft) + 1 - len(made)  # rejected drafts' keys/values are overwritten later
+            ((_, kept),) = batch.step()
 
     @torch.inference_mode()
     def _generate_lookup_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        """Greedy decoding of several prompts with a prompt-lookup draft per row (see ``_stream_lookup``).
+        """Greedy decoding of several prompts with a prompt-lookup draft per row (see ``SlotBatch``).
 
         Rows accept different numbers of draft tokens, and each row advances by its own count:
         every step writes the same window of W slots for all rows, and the slots of a row's
