@@ -149,9 +149,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['clients']:>7} {r['requests']:>8} {r['req_per_s']:>8.2f} {r['tokens_per_s']:>8.1f} "
               f"{r['p50_s']:>7.2f} {r['p99_s']:>7.2f} {r['errors_5xx']:>4} {r['other_errors']:>4}")
-    steps = next((line.split()[-1] for line in metrics.splitlines()
-                  if line.startswith("polytask_decode_steps_total ")), "?")
-    print(f"server: {steps} batched decode steps")
+    # The OpenAI endpoint runs on the base model's scheduler.
+    steps, tokens = (next((line.split()[-1] for line in metrics.splitlines()
+                           if line.startswith(f'{name}{{model="base"}} ')), "?")
+                     for name in ("polytask_decode_steps_total", "polytask_generated_tokens_total"))
+    print(f"server: {steps} batched decode steps, {tokens} tokens generated")
     first, last = rows[0], rows[-1]
     print(json.dumps({
         "req_per_s_1": round(first["req_per_s"], 3),
