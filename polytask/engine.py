@@ -1,9 +1,13 @@
 """The generation engine: token ids in, token ids out.
 
-A preallocated KV cache (written in place, never grown), batched prompts of different lengths
-(left-padded, with per-row positions and a padding mask), greedy or sampled decoding
-(temperature, top-k, top-p, repetition penalty, a seed for reproducible sampling), stop tokens,
-and streaming. Nothing here knows about text: prompts, templates and wording live above.
+The step-level core that the CLI's ``Engine`` and the server's ``scheduler.Scheduler`` share:
+a prompt's decoding state and its per-step rules (``Sequence``: sampling with a seed, the
+repetition penalty, stop tokens, the budget, prompt-lookup drafts), and ``SlotBatch``, sequences
+decoding together over a ``SlotCache`` (prefill one, a step for all, each row at its own length,
+drafts verified in the step). ``Engine`` decodes one prompt on it and left-pads batches of
+prompts into a preallocated ``KVCache`` (per-row positions and a padding mask). The backends
+(``model.Llama``, ``onnx_model.OnnxLlama``) sit below. Nothing here knows about text: prompts,
+templates and wording live above.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from polytask.errors import PolytaskError
-from polytask.model import KVCache, Llama, can_pack, pack_projections
+from polytask.model import KVCache, Llama, ModelConfig, can_pack, pack_projections
 from polytask.onnx_model import OnnxLlama
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
@@ -85,6 +89,320 @@ class NgramDrafts:
         return h[start : start + room] if start is not None else []
 
 
+def unpenalized(stop_ids: list[int], pad_id: int) -> torch.Tensor:
+    """Token ids the repetition penalty leaves alone: the stop tokens, which every chat prompt
+    holds (its template's end-of-turn) and which must stay free to end the reply, and the
+    padding of a batch's shorter rows."""
+    return torch.unique(torch.tensor([*stop_ids, pad_id], dtype=torch.long))
+
+
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    gen: torch.Generator | None,
+    seen: torch.Tensor | None,
+    exempt: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The next token of each row: logits (batch, vocab) fp32 -> ids (batch,). ``seen`` (batch, n):
+    the tokens the repetition penalty applies to, less ``exempt``."""
+    if seen is not None:
+        prev = logits.gather(1, seen)
+        penalized = logits.scatter(
+            1, seen, torch.where(prev > 0, prev / params.repetition_penalty, prev * params.repetition_penalty)
+        )
+        if exempt is not None:
+            penalized[:, exempt] = logits[:, exempt]
+        logits = penalized
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p (the first token always stays).
+        drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
+        drop[:, 0] = False  # a top_p that rounds to 0 in fp32 must still leave one token
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+
+class Sequence:
+    """One prompt's generation, decoded a row of a batch: the per-step bookkeeping that the
+    engine and the server's scheduler share.
+
+    ``start`` fixes what the batch decides: the stop ids, the budget of new tokens, the seeded
+    generator of a sampled sequence, the tokens the repetition penalty has seen, and, for a
+    greedy sequence without a penalty when speculation is on, the n-gram index of its prompt and
+    output that drafts the next tokens (prompt lookup). Then each token the model makes goes
+    through ``accept``: a stop token ends the sequence and is not kept, the budget's last token
+    ends it too."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams) -> None:
+        self.prompt, self.params = list(prompt), params
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None  # "stop" | "length" | "error" (then ``error``)
+        self.error: BaseException | None = None
+        self.next_token = 0  # the last token kept: the next step's input
+        self.stops: frozenset[int] = frozenset()
+        self.left = 0  # new tokens it may still make
+        self.generator: torch.Generator | None = None
+        self.seen: torch.Tensor | None = None  # (1, n) with a repetition penalty
+        self.exempt: torch.Tensor | None = None
+        self.drafts: NgramDrafts | None = None
+
+    def start(self, stop_ids: list[int], budget: int, pad_id: int = 0, device=None, lookahead: int = 0) -> None:
+        """``stop_ids``: the engine's defaults, for params that name none; ``lookahead`` > 0: draft."""
+        p = self.params
+        stops = p.stop_ids if p.stop_ids is not None else stop_ids
+        self.stops, self.left = frozenset(stops), budget
+        if p.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(p.seed if p.seed is not None else torch.seed())
+        if p.repetition_penalty != 1.0:
+            self.seen = torch.tensor([self.prompt], dtype=torch.long, device=device)
+            self.exempt = unpenalized(list(stops), pad_id)
+        if lookahead and self.greedy:
+            self.drafts = NgramDrafts(self.prompt)
+
+    @property
+    def greedy(self) -> bool:
+        """The next token is the argmax (no temperature, no penalty): speculation keeps the output."""
+        return self.params.temperature == 0 and self.params.repetition_penalty == 1.0
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """The next token from this row's logits (1, vocab) fp32."""
+        return int(sample(logits, self.params, self.generator, self.seen, self.exempt)[0])
+
+    def draft(self, room: int) -> list[int]:
+        """Up to ``room`` draft tokens, never more than the budget can keep after the next one."""
+        return self.drafts.draft(min(room, self.left - 1)) if self.drafts is not None else []
+
+    def verified(self, draft: list[int], preds: list[int]) -> list[int]:
+        """The tokens a step made for a greedy row that fed its next token and ``draft``: the draft's
+        prefix that the argmax at each position confirms (a stop token ends it), then the argmax
+        after that prefix. ``preds[i]``: the argmax after input position i."""
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == preds[accepted] and draft[accepted] not in self.stops:
+            accepted += 1
+        return [*draft[:accepted], preds[accepted]]
+
+    def accept(self, token: int) -> bool:
+        """Take one token the model made; False when the sequence is over."""
+        if token in self.stops:
+            self.finish_reason = "stop"
+            return False
+        self.tokens.append(token)
+        self.left -= 1
+        if self.left == 0:
+            self.finish_reason = "length"
+            return False
+        self.next_token = token
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, self.seen.new_tensor([[token]])], dim=1)
+        if self.drafts is not None:
+            self.drafts.add(token)
+        return True
+
+    def extend(self, made: list[int]) -> list[int]:
+        """``accept`` the tokens of one step in order, up to the one that ends the sequence; the tokens kept."""
+        kept = len(self.tokens)
+        for t in made:
+            if not self.accept(t):
+                break
+        return self.tokens[kept:]
+
+    def fail(self, error: BaseException) -> None:
+        self.finish_reason, self.error = "error", error
+
+
+class SlotCache:
+    """Keys/values of ``slots`` independent sequences: (layers, slots, kv_heads, capacity, head_dim).
+
+    Duck-types ``KVCache`` for one step of a ``SlotBatch``: ``begin(lengths, t)`` says where each
+    active row writes its ``t`` new keys (from its own length, ``write_at``); ``update`` writes
+    there and returns the first ``n`` rows up to the longest row's end, which the step's mask cuts
+    to each row's own keys. The ONNX backend (``onnx_model.OnnxLlama``) hands the buffers and
+    ``write_at`` to ORT instead.
+
+    It grows along the sequence axis by doubling (up to ``max_len``) and shrinks back when the
+    batch empties, so memory follows the work instead of the worst case.
+    """
+
+    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None,
+                 initial: int = 256) -> None:
+        self.cfg, self.slots, self.max_len, self.dtype, self.device = cfg, slots, max_len, dtype, device
+        self.initial = min(initial, max_len)
+        # Read by the model only when a step passes no mask: one row, which is a KVCache's case.
+        self.pos = 0
+        self._alloc(self.initial)
+        self._rows = self._at = self.write_at = None
+        self._n = self._kv_len = 0
+
+    def _alloc(self, capacity: int) -> None:
+        shape = (self.cfg.num_layers, self.slots, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
+        # Zeroed, unlike KVCache: shorter rows read (masked) slots they never wrote, and a masked
+        # NaN would still poison softmax @ v (0 * NaN = NaN).
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.capacity = capacity
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions per slot (doubling, so growth is rare)."""
+        if length <= self.capacity:
+            return
+        assert length <= self.max_len
+        old_k, old_v, old = self.k, self.v, self.capacity
+        self._alloc(min(self.max_len, max(length, 2 * old)))
+        self.k[:, :, :, :old] = old_k
+        self.v[:, :, :, :old] = old_v
+
+    def release(self) -> None:
+        """Back to the initial size (called when no slot is in use)."""
+        if self.capacity > self.initial:
+            self._alloc(self.initial)
+
+    def load(self, slot: int, cache: KVCache, length: int) -> None:
+        """Copy a prefilled batch-1 cache into ``slot``."""
+        self.reserve(length + 1)
+        self.k[:, slot, :, :length] = cache.k[:, 0, :, :length]
+        self.v[:, slot, :, :length] = cache.v[:, 0, :, :length]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+    def begin(self, lengths: torch.Tensor, t: int = 1) -> None:
+        """Next forward: rows ``0..n-1`` each write ``t`` keys from their own length on."""
+        self._n = lengths.numel()
+        self._kv_len = int(lengths.max()) + t
+        self.reserve(self._kv_len)
+        self.write_at = lengths.to(self.k.device)
+        self._rows = torch.arange(self._n, device=self.k.device)[:, None]
+        self._at = self.write_at[:, None] + torch.arange(t, device=self.k.device)  # (n, t)
+        self.pos = int(lengths[0]) if self._n == 1 else 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: (n, kv_heads, t, head_dim): row i's keys go to positions lengths[i].. of slot i.
+        self.k[layer, self._rows, :, self._at] = k.transpose(1, 2)
+        self.v[layer, self._rows, :, self._at] = v.transpose(1, 2)
+        return self.k[layer, : self._n, :, : self._kv_len], self.v[layer, : self._n, :, : self._kv_len]
+
+    def advance(self, t: int) -> None:
+        """Nothing: ``begin`` places every step."""
+
+
+class SlotBatch:
+    """The step-level generation core: ``Sequence``s decoding together, one per slot of a
+    ``SlotCache``, each at its own length (Orca, Yu et al. OSDI 2022: iteration-level scheduling).
+
+    ``prefill`` prefills a sequence alone (batch 1, a plain ``KVCache``, so a long prompt never pads
+    the others), takes its first token and copies its keys/values into the next free slot; a
+    ``step`` is one forward for every row; sequences leave when they end, or by ``remove``, between
+    two steps. Active rows are kept packed in slots ``0..n-1`` (a leaving row is replaced by the
+    last one), so a step reads contiguous views and no gather is needed.
+
+    A step feeds each row its last token and, for a greedy row, a prompt-lookup draft (Saxena
+    2023; vLLM's n-gram drafts): when the row's last 3 (or 2) tokens occurred earlier in its prompt
+    or output, the tokens that followed them there are checked in the same forward as the next
+    token. On a CPU a decode step is bound by reading the weights, so checking a few extra
+    positions costs little more than one, and every accepted draft token is a step saved. Answers
+    that quote their document, summaries and code accept many drafts; without a match it is a
+    plain step. Every row gets a window of the same width (a shorter draft is padded), row i's
+    window takes slots ``length_i..`` and each query sees its own row's keys up to itself. A row
+    advances by the tokens it keeps; the slots of its rejected drafts lie past its length, masked,
+    and are overwritten later. The output is each row's greedy output (the argmax at every
+    position; only the matmul shapes differ, as in any batched forward).
+
+    One row drafts up to the engine's ``lookahead`` on every backend; several rows draft up to
+    BATCH_LOOKAHEAD each only where the backend verifies windows of several rows
+    (``Engine.batched_windows``: torch; ONNX Runtime's GroupQueryAttention takes several new
+    positions per row only for a batch of one, see ``onnx_model``), and decode a token a step elsewhere.
+    """
+
+    def __init__(self, engine: Engine, slots: int, max_len: int, initial: int = 256) -> None:
+        self.engine, self.model, self.max_len = engine, engine.model, max_len
+        self.cache = SlotCache(self.model.config, slots, max_len, engine.dtype, engine.device, initial)
+        self.rows: list[Sequence] = []  # row i lives in slot i
+        self.lengths: list[int] = []  # keys held per row; its next token goes at this position
+
+    @torch.inference_mode()
+    def prefill(self, seq: Sequence) -> list[int]:
+        """Start ``seq`` (its budget: at most max_new_tokens, the sequence at most ``max_len``) and
+        take its first token; the tokens it kept. Unless that token ended it, it holds a slot now."""
+        assert len(self.rows) < self.cache.slots and 0 < len(seq.prompt) < self.max_len
+        e, n = self.engine, len(seq.prompt)
+        seq.start(e.stop_ids, min(seq.params.max_new_tokens, self.max_len - n), e.pad_id, e.device, e.lookahead)
+        cache = KVCache(self.model.config, 1, n, e.dtype, e.device)
+        logits = self.model(torch.tensor([seq.prompt], device=e.device), cache=cache, last_only=True)[:, -1]
+        kept = seq.extend([seq.sample(logits.float())])
+        if seq.finish_reason is None:
+            self.cache.load(len(self.rows), cache, n)
+            self.rows.append(seq)
+            self.lengths.append(n)
+        return kept
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Sequence, list[int]]]:
+        """One forward for every row: each row's sequence with the tokens it kept. Rows that ended
+        (a stop, the budget, or their sampling failed: ``finish_reason`` "error") have left."""
+        rows, e, n = self.rows, self.engine, len(self.rows)
+        room = e.lookahead if n == 1 else min(e.lookahead, BATCH_LOOKAHEAD) if e.batched_windows else 0
+        drafts = [seq.draft(room) for seq in rows]
+        # Every row writes the window's slots: all must lie inside the cache.
+        width = min(1 + max(map(len, drafts)), self.max_len - max(self.lengths))
+        drafts = [d[: width - 1] for d in drafts]
+        tokens = torch.full((n, width), e.pad_id, dtype=torch.long)
+        for i, (seq, d) in enumerate(zip(rows, drafts, strict=True)):
+            tokens[i, : 1 + len(d)] = torch.tensor([seq.next_token, *d], dtype=torch.long)
+        lengths = torch.tensor(self.lengths, dtype=torch.long)
+        self.cache.begin(lengths, width)
+        positions = mask = None  # one row: the cache's pos is its length, as in a KVCache
+        if n > 1:
+            positions = (lengths[:, None] + torch.arange(width)).to(e.device)  # (n, width)
+            keys = torch.arange(max(self.lengths) + width, device=e.device)
+            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (n, 1, width, keys)
+        logits = self.model(tokens.to(e.device), cache=self.cache, positions=positions, mask=mask)
+        # One argmax for every row, one host sync a step; sampled rows take their own below.
+        preds = logits.argmax(-1).tolist()  # (n, width): the argmax after each window position
+        made, gone = [], []
+        for i, seq in enumerate(rows):
+            if seq.greedy:
+                new = seq.verified(drafts[i], preds[i])
+            else:
+                try:
+                    new = [seq.sample(logits[i : i + 1, 0].float())]
+                except Exception as error:  # one row's sampling settings failed: that row alone ends
+                    seq.fail(error)
+                    new = []
+            made.append((seq, seq.extend(new)))
+            self.lengths[i] += len(new)  # its fed token and the drafts it kept now hold keys
+            if seq.finish_reason is not None:
+                gone.append(i)
+        self.remove(gone)
+        return made
+
+    def remove(self, gone: list[int]) -> None:
+        """Drop rows ``gone``; the last row moves into each freed slot so active rows stay packed."""
+        for i in sorted(gone, reverse=True):
+            last = len(self.rows) - 1
+            if i != last:
+                self.cache.move(last, i, self.lengths[last])
+                self.rows[i], self.lengths[i] = self.rows[last], self.lengths[last]
+            self.rows.pop()
+            self.lengths.pop()
+        if not self.rows:
+            self.cache.release()
+
+    def clear(self) -> None:
+        """Drop every row (after a failed step: the caller ends their requests)."""
+        self.rows, self.lengths = [], []
+        self.cache.release()
+
+
 def _memory_bytes() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -93,8 +411,13 @@ def _memory_bytes() -> int:
 
 
 class Engine:
-    """``lookahead``: at most this many draft tokens per step for greedy decoding (prompt-lookup
-    speculation: ``_stream_lookup`` for one prompt, ``_generate_lookup_batch`` for several, where
+    """Generation for the CLI, evaluation and the applications. One prompt runs through the step
+    core that the server's continuous batching runs on (``SlotBatch``, one slot); a batch of
+    prompts is left-padded and decoded together (``stream_batch``, ``_generate_lookup_batch``),
+    with its weights packed for its row count.
+
+    ``lookahead``: at most this many draft tokens per step for greedy decoding (prompt-lookup
+    speculation: ``SlotBatch`` for one prompt, ``_generate_lookup_batch`` for several, where
     it is also capped by BATCH_LOOKAHEAD, and which needs a backend that runs windows of several
     positions for several rows: torch, not ONNX Runtime, see ``onnx_model``); 0 turns it off.
 
@@ -152,10 +475,10 @@ class Engine:
     def stream_batch(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[int | None]]:
         """Yields, per decode step, one new token per row (None for rows already finished)."""
         cache_len = self._check(prompts, params)
-        stops = torch.tensor(params.stop_ids if params.stop_ids is not None else self.stop_ids, dtype=torch.long)
-        if len(prompts) == 1 and params.temperature == 0 and params.repetition_penalty == 1.0 and self.lookahead:
-            yield from self._stream_lookup(prompts[0], params, stops, cache_len)
+        if len(prompts) == 1:
+            yield from self._stream_one(prompts[0], params, cache_len)
             return
+        stops = torch.tensor(params.stop_ids if params.stop_ids is not None else self.stop_ids, dtype=torch.long)
         gen = None
         if params.temperature > 0:
             gen = torch.Generator(device=self.device)
@@ -167,11 +490,11 @@ class Engine:
         cache = KVCache(self.model.config, batch, cache_len, self.dtype, self.device)
         padded = mask is not None
         seen = tokens.clone() if params.repetition_penalty != 1.0 else None
-        exempt = self.unpenalized(stops) if seen is not None else None
+        exempt = unpenalized(stops.tolist(), self.pad_id) if seen is not None else None
         logits = self.model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)[:, -1]
         done = torch.zeros(batch, dtype=torch.bool)
         for step in range(cache_len - longest):
-            nxt = self._sample(logits.float(), params, gen, seen, exempt)
+            nxt = sample(logits.float(), params, gen, seen, exempt)
             finished_now = torch.isin(nxt, stops) & ~done
             out = nxt.tolist()
             yield [None if (d or f) else t for t, d, f in zip(out, done.tolist(), finished_now.tolist(), strict=True)]
@@ -204,50 +527,25 @@ class Engine:
             mask = ((causal & key_valid[:, None, :longest]) | torch.eye(longest, dtype=torch.bool))[:, None]
         return tokens.to(self.device), pad, key_valid, positions, mask
 
-    def _stream_lookup(
-        self, prompt: list[int], params: SamplingParams, stops: torch.Tensor, cache_len: int
-    ) -> Iterator[list[int | None]]:
-        """Greedy decoding with prompt-lookup speculation (Saxena 2023; vLLM's n-gram drafts).
-
-        When the last 3 (or 2) tokens occurred earlier in the prompt or the output, the tokens
-        that followed them there are proposed as a draft and checked in the same forward pass
-        as the next token. On a CPU a decode step is bound by reading the weights, so checking
-        up to ``lookahead`` extra positions costs little more than one, and every accepted draft
-        token is a step saved. The output is the greedy output (the argmax at every position);
-        only the matmul shapes differ, as in any batched forward. Answers that quote their
-        document, summaries and code accept many drafts; without a match it is a plain step.
-        """
-        model, stop_set = self.model, set(stops.tolist())
-        cache = KVCache(model.config, 1, min(cache_len + self.lookahead, self.context_length), self.dtype, self.device)
-        drafts = NgramDrafts(prompt)
-        logits = model(torch.tensor([prompt], device=self.device), cache=cache, last_only=True)
-        nxt = int(logits[0, -1].argmax())
-        budget = cache_len - len(prompt)
+    def _stream_one(self, prompt: list[int], params: SamplingParams, cache_len: int) -> Iterator[list[int | None]]:
+        """One prompt through the step core, as the server decodes it: a ``SlotBatch`` of one slot
+        (greedy decoding verifies prompt-lookup drafts of up to ``lookahead`` tokens a step)."""
+        batch, seq = SlotBatch(self, 1, cache_len, initial=cache_len), Sequence(prompt, params)
+        kept = batch.prefill(seq)
         while True:
-            if nxt in stop_set:
-                yield [None]
-                return
-            yield [nxt]
-            budget -= 1
-            if budget == 0:
-                return
-            drafts.add(nxt)
-            draft = drafts.draft(min(self.lookahead, budget - 1, cache.max_len - cache.pos - 1))
-            logits = model(torch.tensor([[nxt, *draft]], device=self.device), cache=cache)
-            preds = logits[0].argmax(-1).tolist()  # preds[i]: the greedy token after input position i
-            accepted = 0
-            while accepted < len(draft) and draft[accepted] == preds[accepted] and draft[accepted] not in stop_set:
-                accepted += 1
-            cache.pos -= len(draft) - accepted  # rejected drafts' keys/values are overwritten later
-            for t in draft[:accepted]:
+            for t in kept:
                 yield [t]
-                budget -= 1
-                drafts.add(t)
-            nxt = preds[accepted]
+            if seq.error is not None:
+                raise seq.error
+            if seq.finish_reason is not None:
+                if seq.finish_reason == "stop":
+                    yield [None]
+                return
+            ((_, kept),) = batch.step()
 
     @torch.inference_mode()
     def _generate_lookup_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        """Greedy decoding of several prompts with a prompt-lookup draft per row (see ``_stream_lookup``).
+        """Greedy decoding of several prompts with a prompt-lookup draft per row (see ``SlotBatch``).
 
         Rows accept different numbers of draft tokens, and each row advances by its own count:
         every step writes the same window of W slots for all rows, and the slots of a row's
@@ -257,7 +555,7 @@ class Engine:
         (the slowest row's count); a forward of 3 positions per row costs less than twice one.
         The output is each row's greedy output.
         """
-        model, stop_set = self.model, set(params.stop_ids if params.stop_ids is not None else self.stop_ids)
+        model = self.model
         cache_len = self._check(prompts, params)
         batch, longest = len(prompts), max(len(p) for p in prompts)
         budget = cache_len - longest  # new tokens per row, as in stream_batch
@@ -271,36 +569,22 @@ class Engine:
         tokens, _, valid, positions, mask = self._left_padded(prompts, slots)
         valid[:, longest:] = False  # (batch, slots): the slots holding a row's real tokens
         logits = model(tokens, cache=cache, positions=positions, mask=mask, last_only=True)
-        nxt = logits[:, -1].argmax(-1).tolist()
         length = [len(p) for p in prompts]  # real tokens in the cache per row (the next one's position)
-        rows = [NgramDrafts(p) for p in prompts]
-        results = [Completion() for _ in prompts]
-        left = [budget] * batch
-        active = [True] * batch
-
-        def emit(i: int, t: int) -> None:
-            if t in stop_set:
-                active[i] = False
-                results[i].finish_reason = "stop"
-                return
-            results[i].tokens.append(t)
-            rows[i].add(t)
-            left[i] -= 1
-            if left[i] == 0:
-                active[i] = False
-
-        for i in range(batch):
-            emit(i, nxt[i])
-        while any(active):
-            drafts = [rows[i].draft(min(width - 1, left[i] - 1)) if active[i] else [] for i in range(batch)]
+        seqs = [Sequence(p, params) for p in prompts]
+        for seq, t in zip(seqs, logits[:, -1].argmax(-1).tolist(), strict=True):
+            seq.start(self.stop_ids, budget, lookahead=self.lookahead)
+            seq.accept(t)
+        while not all(seq.finish_reason for seq in seqs):
+            active = [seq.finish_reason is None for seq in seqs]
+            drafts = [seq.draft(width - 1) if a else [] for seq, a in zip(seqs, active, strict=True)]
             pos = cache.pos
-            most_left = max(n for n, a in zip(left, active, strict=True) if a)
+            most_left = max(seq.left for seq, a in zip(seqs, active, strict=True) if a)
             w = width if any(drafts) and pos + width + most_left <= slots else 1
             if w == 1:
                 drafts = [[] for _ in drafts]
             window = torch.full((batch, w), self.pad_id, dtype=torch.long)
-            for i in range(batch):
-                window[i, : 1 + len(drafts[i])] = torch.tensor([nxt[i], *drafts[i]], dtype=torch.long)
+            for i, seq in enumerate(seqs):
+                window[i, : 1 + len(drafts[i])] = torch.tensor([seq.next_token, *drafts[i]], dtype=torch.long)
             valid[:, pos : pos + w] = True  # this step's own slots, for its queries
             step_positions = torch.tensor(length)[:, None] + torch.arange(w)[None, :]
             # Holes and finished rows run past their last real token; their outputs are never used.
@@ -309,60 +593,13 @@ class Engine:
             keys[:, :, pos:] &= torch.ones(w, w, dtype=torch.bool).tril()
             logits = model(window.to(self.device), cache=cache, positions=step_positions, mask=keys[:, None])
             preds = logits.argmax(-1).tolist()  # (batch, w): the greedy token after each window position
-            for i in range(batch):
-                accepted = 0
+            for i, seq in enumerate(seqs):
+                made = seq.verified(drafts[i], preds[i]) if active[i] else preds[i][:1]
+                valid[i, pos + len(made) : pos + w] = False  # rejected or missing drafts: holes
+                length[i] += len(made)
                 if active[i]:
-                    d = drafts[i]
-                    while accepted < len(d) and d[accepted] == preds[i][accepted] and d[accepted] not in stop_set:
-                        accepted += 1
-                valid[i, pos + 1 + accepted : pos + w] = False  # rejected or missing drafts: holes
-                length[i] += 1 + accepted
-                nxt[i] = preds[i][accepted]
-                if active[i]:
-                    for t in drafts[i][:accepted]:
-                        emit(i, t)
-                    if active[i]:
-                        emit(i, nxt[i])
-        return results
-
-    def unpenalized(self, stops: torch.Tensor) -> torch.Tensor:
-        """Token ids the repetition penalty leaves alone: the stop tokens, which every chat prompt
-        holds (its template's end-of-turn) and which must stay free to end the reply, and the
-        padding of a batch's shorter rows."""
-        return torch.unique(torch.cat([stops, torch.tensor([self.pad_id])]))
-
-    @staticmethod
-    def _sample(
-        logits: torch.Tensor,
-        params: SamplingParams,
-        gen: torch.Generator | None,
-        seen: torch.Tensor | None,
-        exempt: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        # logits: (batch, vocab) fp32
-        if seen is not None:
-            prev = logits.gather(1, seen)
-            penalized = logits.scatter(
-                1, seen, torch.where(prev > 0, prev / params.repetition_penalty, prev * params.repetition_penalty)
-            )
-            if exempt is not None:
-                penalized[:, exempt] = logits[:, exempt]
-            logits = penalized
-        if params.temperature == 0:
-            return logits.argmax(dim=-1)
-        logits = logits / params.temperature
-        if params.top_k:
-            kth = torch.topk(logits, min(params.top_k, logits.size(-1))).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if params.top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            # Drop a token when the mass before it already reaches top_p (the first token always stays).
-            drop = (cum - sorted_logits.softmax(-1)) >= params.top_p
-            drop[:, 0] = False  # a top_p that rounds to 0 in fp32 must still leave one token
-            logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                    seq.extend(made)
+        return [Completion(seq.tokens, seq.finish_reason) for seq in seqs]
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Completion]:
         params = params or SamplingParams()

@@ -192,7 +192,7 @@ class OnnxLlama:
         mask: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """``cache``: a ``KVCache`` or the server's ``scheduler.SlotCache``. ``positions`` is accepted
+        """``cache``: a ``KVCache`` or an ``engine.SlotCache``. ``positions`` is accepted
         and unused: each key's position is its slot (module docstring)."""
         cfg = self.config
         batch, t = tokens.shape
@@ -219,13 +219,14 @@ class OnnxLlama:
             self._bind_cache(io, cache.k, cache.v, batch)
             io.bind_cpu_input("attention_mask", np.ones((batch, total), dtype=np.int64))
         else:
-            # A SlotCache step: row i holds write_at[i] keys and writes its one new key there, which
-            # is GroupQueryAttention's own layout (each row's length from its attention mask).
-            assert t == 1, "a slot cache takes one token per row per step"
+            # A SlotCache step: row i holds write_at[i] keys and writes its t new keys from there,
+            # which is GroupQueryAttention's own layout (each row's length from its attention mask;
+            # the node's causal masking within the window). Several keys per row only for one row.
+            assert t == 1 or batch == 1, "GroupQueryAttention verifies windows for one row only"
             lengths = cache.write_at.cpu()
-            total = int(lengths.max()) + 1
+            total = int(lengths.max()) + t
             self._bind_cache(io, cache.k[:, :batch], cache.v[:, :batch], batch)
-            io.bind_cpu_input("attention_mask", (torch.arange(total)[None, :] <= lengths[:, None]).long().numpy())
+            io.bind_cpu_input("attention_mask", (torch.arange(total)[None, :] < lengths[:, None] + t).long().numpy())
             mask = None  # the per-row lengths are the mask
         io.bind_cpu_input(BIAS_INPUT, self._bias(mask, t, total))
         self.session.run_with_iobinding(io)

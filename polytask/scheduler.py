@@ -2,18 +2,17 @@
 
 One background thread owns the model. Each iteration it
 
-1. admits waiting requests into free slots: a new prompt is prefilled alone (batch 1, a plain
-   ``KVCache``) and its keys/values are copied into the slot cache, so a long prompt never pads
-   the others;
-2. runs one decode step for every active slot together: each row feeds its last token at its
-   own position, with a boolean mask of that row's valid keys (Orca, Yu et al. OSDI 2022:
-   iteration-level scheduling);
-3. samples each row with its own parameters, streams the tokens out, and retires finished,
-   timed-out and cancelled rows. Active rows are kept packed in slots ``0..n-1`` (a leaving row
-   is replaced by the last one), so a step reads contiguous views and no gather is needed.
+1. admits waiting requests into free slots of the engine's step core (``engine.SlotBatch``): a
+   new prompt is prefilled alone and its keys/values are copied into the slot cache, so a long
+   prompt never pads the others;
+2. runs one step for every active row together, each row at its own length (Orca, Yu et al.
+   OSDI 2022: iteration-level scheduling), with prompt-lookup drafts verified in the same forward
+   for greedy rows (every row on torch, a row alone on ONNX Runtime; see ``SlotBatch``);
+3. streams each row's tokens out, and retires finished, timed-out and cancelled rows.
 
-The slot cache grows along the sequence axis by doubling (up to ``max_len``) and shrinks back
-when the batch empties, so memory follows the work instead of the worst case.
+Sampling, penalties, stops, budgets and speculation are the engine's (``engine.Sequence``,
+``engine.SlotBatch``); what is here is the serving around them: the queue, threads, time limits,
+cancellation, counters.
 
 ``Scheduler`` also answers the ``Engine`` calls the layers above make (``generate``, ``stream``,
 ``score``): an ``LM`` whose ``engine`` is a scheduler sends every application's generation
@@ -31,11 +30,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import torch
-
-from polytask.engine import Completion, Engine, SamplingParams
+from polytask.engine import Completion, Engine, SamplingParams, Sequence, SlotBatch, SlotCache
 from polytask.errors import PolytaskError
-from polytask.model import KVCache, ModelConfig
 
 
 class QueueFull(Exception):
@@ -50,103 +46,28 @@ class RequestTimeout(Exception):
     """A request did not finish within its time limit (HTTP 504)."""
 
 
-class SlotCache:
-    """Keys/values of ``slots`` independent sequences: (layers, slots, kv_heads, capacity, head_dim).
-
-    Duck-types ``KVCache`` for one decode step: ``begin(lengths)`` says where each active row
-    writes its new key (its own length, ``write_at``); ``update`` writes there and returns the first
-    ``n`` rows up to the longest row, which the step's mask cuts to each row's own keys. The ONNX
-    backend (``onnx_model.OnnxLlama``) hands the buffers and ``write_at`` to ORT instead.
-    """
-
-    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None,
-                 initial: int = 256) -> None:
-        self.cfg, self.slots, self.max_len, self.dtype, self.device = cfg, slots, max_len, dtype, device
-        self.initial = min(initial, max_len)
-        self.pos = 0  # read by attention only when no mask is passed; decode steps always pass one
-        self._alloc(self.initial)
-        self._rows = self.write_at = None
-        self._n = self._kv_len = 0
-
-    def _alloc(self, capacity: int) -> None:
-        shape = (self.cfg.num_layers, self.slots, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
-        # Zeroed, unlike KVCache: shorter rows read (masked) slots they never wrote, and a masked
-        # NaN would still poison softmax @ v (0 * NaN = NaN).
-        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.capacity = capacity
-
-    def reserve(self, length: int) -> None:
-        """Make room for ``length`` positions per slot (doubling, so growth is rare)."""
-        if length <= self.capacity:
-            return
-        assert length <= self.max_len
-        old_k, old_v, old = self.k, self.v, self.capacity
-        self._alloc(min(self.max_len, max(length, 2 * old)))
-        self.k[:, :, :, :old] = old_k
-        self.v[:, :, :, :old] = old_v
-
-    def release(self) -> None:
-        """Back to the initial size (called when no slot is in use)."""
-        if self.capacity > self.initial:
-            self._alloc(self.initial)
-
-    def load(self, slot: int, cache: KVCache, length: int) -> None:
-        """Copy a prefilled batch-1 cache into ``slot``."""
-        self.reserve(length + 1)
-        self.k[:, slot, :, :length] = cache.k[:, 0, :, :length]
-        self.v[:, slot, :, :length] = cache.v[:, 0, :, :length]
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
-
-    def begin(self, lengths: torch.Tensor) -> None:
-        """Next forward: rows ``0..n-1`` each write one key at its own length."""
-        self._n = lengths.numel()
-        self._kv_len = int(lengths.max()) + 1
-        self.reserve(self._kv_len)
-        self._rows = torch.arange(self._n, device=self.k.device)
-        self.write_at = lengths.to(self.k.device)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # k, v: (n, kv_heads, 1, head_dim): row i's key goes to position lengths[i] of slot i.
-        self.k[layer, self._rows, :, self.write_at] = k[:, :, 0]
-        self.v[layer, self._rows, :, self.write_at] = v[:, :, 0]
-        return self.k[layer, : self._n, :, : self._kv_len], self.v[layer, : self._n, :, : self._kv_len]
-
-    def advance(self, t: int) -> None:
-        assert t == 1, "a slot cache takes one token per row per step"
-
-
 _ids = itertools.count(1)
 
 
-class Request:
-    """One generation: tokens stream out as they are made; ``cancel()`` frees its slot at the next step."""
+class Request(Sequence):
+    """One generation: tokens stream out as they are made; ``cancel()`` frees its slot at the next step.
+
+    Its decoding state (the ``Sequence`` part) is owned by the scheduler thread; ``finish_reason``
+    also takes "timeout" and "cancelled" here."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, timeout_s: float,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(prompt, params)
         self.id = next(_ids)
-        self.prompt = list(prompt)
-        self.params = params
         self.created = time.monotonic()
         self.deadline = self.created + timeout_s
         self.started: float | None = None  # admitted (prefill began)
         self.first_token_at: float | None = None
-        self.tokens: list[int] = []
-        self.finish_reason: str | None = None  # "stop" | "length" | "timeout" | "cancelled" | "error"
-        self.error: BaseException | None = None
         self.cancelled = False
         self._done = threading.Event()
         self._ended = False  # the async consumer has seen the end marker
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop is not None else queue.Queue()
-        # sampling state, owned by the scheduler thread
-        self.generator: torch.Generator | None = None
-        self.seen: torch.Tensor | None = None
-        self.unpenalized: torch.Tensor | None = None  # ids the repetition penalty spares (set with seen)
-        self.next_token = 0
 
     # -- producer side (scheduler thread) ---------------------------------------------------------
     def _put(self, item) -> None:
@@ -159,9 +80,9 @@ class Request:
             self._events.put(item)
 
     def _emit(self, token: int) -> None:
+        """Send a token that ``accept`` kept."""
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        self.tokens.append(token)
         self._put(token)
 
     def _finish(self, reason: str, error: BaseException | None = None) -> None:
@@ -229,12 +150,8 @@ class Scheduler:
         cfg.check()
         self.engine = engine
         self.model = engine.model
-        self.stop_ids, self.pad_id = engine.stop_ids, engine.pad_id
-        self.dtype, self.device = engine.dtype, engine.device
         self.max_len = min(cfg.max_len, engine.context_length)
-        self.cache = SlotCache(self.model.config, cfg.max_batch, self.max_len, self.dtype, self.device)
-        self.rows: list[Request] = []  # active requests; row i lives in slot i
-        self.lengths: list[int] = []  # keys held per active row
+        self.batch = SlotBatch(engine, cfg.max_batch, self.max_len)  # its rows: the active requests
         self.waiting: deque[Request] = deque()
         self.cond = threading.Condition()
         # Held for each prefill/decode step: other model users (score) take it between steps.
@@ -306,7 +223,11 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self.rows)
+        return len(self.batch.rows)
+
+    @property
+    def cache(self) -> SlotCache:
+        return self.batch.cache
 
     def tokens_per_second(self, window_s: float = 10.0) -> float:
         now = time.monotonic()
@@ -343,19 +264,19 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self._closed and not self.waiting and not self.rows:
+                while not self._closed and not self.waiting and not self.batch.rows:
                     self.cond.wait()
                 if self._closed:
                     break
             try:
                 self._admit()
-                if self.rows:
+                if self.batch.rows:
                     self._step()
             except Exception as e:  # a failing step must not kill the thread: fail its requests instead
-                for r in self.rows:
+                for r in self.batch.rows:
                     self._retire(r, "error", e)
-                self.rows, self.lengths = [], []
-        for r in self.rows + list(self.waiting):
+                self.batch.clear()
+        for r in self.batch.rows + list(self.waiting):
             self._retire(r, "cancelled")
 
     def _retire(self, req: Request, reason: str, error: BaseException | None = None) -> None:
@@ -371,9 +292,8 @@ class Scheduler:
             return "timeout"
         return None
 
-    @torch.inference_mode()
     def _admit(self) -> None:
-        while len(self.rows) < self.config.max_batch:
+        while len(self.batch.rows) < self.config.max_batch:
             with self.cond:
                 if not self.waiting:
                     return
@@ -381,101 +301,39 @@ class Scheduler:
             if reason := self._expired(req, time.monotonic()):
                 self._retire(req, reason)
                 continue
+            req.started = time.monotonic()
             try:
-                self._prefill(req)
+                with self.model_lock:
+                    kept = self.batch.prefill(req)
             except Exception as e:  # this request alone fails (e.g. its sampling settings overflow)
                 self._retire(req, "error", e)
+                continue
+            self.counts["prompt_tokens"] += len(req.prompt)
+            self._deliver(req, kept)
 
-    def _prefill(self, req: Request) -> None:
-        req.started = time.monotonic()
-        p = req.params
-        if p.temperature > 0:
-            req.generator = torch.Generator(device=self.device)
-            req.generator.manual_seed(p.seed if p.seed is not None else torch.seed())
-        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
-        if p.repetition_penalty != 1.0:
-            req.seen = ids.clone()
-            stops = p.stop_ids if p.stop_ids is not None else self.stop_ids
-            req.unpenalized = self.engine.unpenalized(torch.tensor(stops, dtype=torch.long))
-        n = len(req.prompt)
-        prefill = KVCache(self.model.config, 1, n, self.dtype, self.device)
-        with self.model_lock:
-            logits = self.model(ids, cache=prefill, last_only=True)[:, -1]
-        self.counts["prompt_tokens"] += n
-        slot = len(self.rows)
-        if self._accept(req, self._sample_row(req, logits), n):
-            self.cache.load(slot, prefill, n)
-            self.rows.append(req)
-            self.lengths.append(n)
+    def _deliver(self, req: Request, kept: list[int]) -> None:
+        """Stream the tokens a step kept for ``req``; retire it if it ended."""
+        self.counts["tokens"] += len(kept)
+        for t in kept:
+            req._emit(t)
+        if req.finish_reason is not None:
+            self._retire(req, req.finish_reason, req.error)
 
-    def _sample_row(self, req: Request, logits: torch.Tensor) -> int:
-        return int(Engine._sample(logits.float(), req.params, req.generator, req.seen, req.unpenalized)[0])
-
-    def _accept(self, req: Request, token: int, length: int) -> bool:
-        """Emit ``token`` for a request whose cache holds ``length`` keys; False when it is finished."""
-        stops = req.params.stop_ids if req.params.stop_ids is not None else self.stop_ids
-        self.counts["tokens"] += 1
-        if token in stops:
-            self._retire(req, "stop")
-            return False
-        req._emit(token)
-        # The engine's budget: at most max_new_tokens, and the last token is never fed back.
-        if len(req.tokens) >= req.params.max_new_tokens or length + 1 >= self.max_len:
-            self._retire(req, "length")
-            return False
-        req.next_token = token
-        if req.seen is not None:
-            req.seen = torch.cat([req.seen, req.seen.new_tensor([[token]])], dim=1)
-        return True
-
-    @torch.inference_mode()
     def _step(self) -> None:
         now = time.monotonic()
         gone = []
-        for i, r in enumerate(self.rows):
+        for i, r in enumerate(self.batch.rows):
             if reason := self._expired(r, now):
                 self._retire(r, reason)
                 gone.append(i)
-        self._drop(gone)
-        if not self.rows:
-            self.cache.release()
+        self.batch.remove(gone)
+        if not self.batch.rows:
             return
-        n = len(self.rows)
-        lengths = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
-        tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=self.device)
-        self.cache.begin(lengths)
-        kv_len = int(max(self.lengths)) + 1
-        mask = (torch.arange(kv_len, device=self.device)[None, :] <= lengths[:, None])[:, None, None, :]
         with self.model_lock:
-            logits = self.model(tokens, cache=self.cache, positions=lengths[:, None], mask=mask)[:, -1].float()
+            made = self.batch.step()
         self.counts["steps"] += 1
-        self._recent.append((time.monotonic(), n))
+        self._recent.append((time.monotonic(), sum(len(kept) for _, kept in made)))
         while self._recent and self._recent[0][0] < now - 60:
             self._recent.popleft()
-        self.lengths = [x + 1 for x in self.lengths]
-        # Greedy rows without a penalty: one argmax for all of them, one host sync per step.
-        plain = [i for i, r in enumerate(self.rows) if r.params.temperature == 0 and r.seen is None]
-        picked = dict(zip(plain, logits[plain].argmax(-1).tolist(), strict=True)) if plain else {}
-        gone = []
-        for i, r in enumerate(self.rows):
-            try:
-                token = picked[i] if i in picked else self._sample_row(r, logits[i : i + 1])
-            except Exception as e:  # one row's sampling settings failed: that row alone ends
-                self._retire(r, "error", e)
-                gone.append(i)
-                continue
-            if not self._accept(r, token, self.lengths[i]):
-                gone.append(i)
-        self._drop(gone)
-        if not self.rows:
-            self.cache.release()
-
-    def _drop(self, gone: list[int]) -> None:
-        """Retire rows ``gone``; the last row moves into each freed slot so active rows stay packed."""
-        for i in sorted(gone, reverse=True):
-            last = len(self.rows) - 1
-            if i != last:
-                self.cache.move(last, i, self.lengths[last])
-                self.rows[i], self.lengths[i] = self.rows[last], self.lengths[last]
-            self.rows.pop()
-            self.lengths.pop()
+        for req, kept in made:
+            self._deliver(req, kept)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polytask.engine import BATCH_LOOKAHEAD, Engine, SamplingParams
+from polytask.engine import BATCH_LOOKAHEAD, Engine, SamplingParams, sample, unpenalized
 from polytask.model import KVCache, build_model, preset
 from polytask.runtime import LM
 
@@ -61,14 +61,14 @@ def test_top_k_one_is_greedy(tiny_engine):
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]])  # softmax ~ [0.72, 0.26, 0.005, 0.002]
     gen = torch.Generator().manual_seed(0)
-    draws = {int(Engine._sample(logits, SamplingParams(temperature=1.0, top_p=0.9), gen, None)) for _ in range(200)}
+    draws = {int(sample(logits, SamplingParams(temperature=1.0, top_p=0.9), gen, None)) for _ in range(200)}
     assert draws == {0, 1}
 
 
 def test_repetition_penalty_discourages_seen_tokens():
     logits = torch.tensor([[3.0, 2.9, -1.0]])
     seen = torch.tensor([[0]])
-    picked = Engine._sample(logits, SamplingParams(repetition_penalty=1.5), None, seen)
+    picked = sample(logits, SamplingParams(repetition_penalty=1.5), None, seen)
     assert int(picked) == 1
 
 
@@ -331,9 +331,9 @@ def test_repetition_penalty_spares_stop_and_padding_tokens(tiny_engine):
     logits[0, stop], logits[0, 7] = 5.0, 4.0
     seen = torch.tensor([[stop, 3]])
     params = SamplingParams(repetition_penalty=2.0)
-    assert Engine._sample(logits, params, None, seen)[0] == 7  # penalized: the reply could not end
-    exempt = tiny_engine.unpenalized(torch.tensor(tiny_engine.stop_ids))
-    assert Engine._sample(logits, params, None, seen, exempt)[0] == stop
+    assert sample(logits, params, None, seen)[0] == 7  # penalized: the reply could not end
+    exempt = unpenalized(tiny_engine.stop_ids, tiny_engine.pad_id)
+    assert sample(logits, params, None, seen, exempt)[0] == stop
     prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700], [42]]
     penalized = SamplingParams(max_new_tokens=8, stop_ids=[], repetition_penalty=50.0)
     for p, got in zip(prompts, tiny_engine.generate(prompts, penalized), strict=True):
@@ -401,3 +401,36 @@ def test_default_model_recommends_low_temperature_sampling(default_lm: LM):
     assert default_lm.sampling_defaults == {"temperature": 0.2, "top_p": 0.9}
     assert default_lm.with_defaults({"temperature": 0, "top_p": None, "max_new_tokens": 8}) == {
         "temperature": 0, "top_p": 0.9, "max_new_tokens": 8}
+
+
+def test_slot_batch_rows_hold_their_own_keys_through_drafts(tiny_engine):
+    """The step core's invariant, checked before every step: row i's slot holds the keys/values of
+    its prompt and of every token it kept but the last (the next input), at its length, as a
+    prefill of that sequence alone gives them; rows draft, accept different counts, and leave."""
+    from polytask.engine import Sequence, SlotBatch
+
+    base = [17, 503, 88, 940, 61, 222]
+    prompts = [base * 4, [5, 6, 7] + base * 2, [42, 43] * 5, list(range(300, 330))]
+    budgets = [30, 12, 25, 20]
+    batch = SlotBatch(tiny_engine, slots=4, max_len=120)
+    seqs = [Sequence(p, SamplingParams(max_new_tokens=n, stop_ids=[])) for p, n in zip(prompts, budgets, strict=True)]
+    for seq in seqs:
+        batch.prefill(seq)
+    model, steps, widths = tiny_engine.model, 0, set()
+    while batch.rows:
+        for i, seq in enumerate(batch.rows):
+            held = seq.prompt + seq.tokens[:-1]
+            assert batch.lengths[i] == len(held) and seq.next_token == seq.tokens[-1]
+            ref = KVCache(model.config, 1, len(held), torch.float32)
+            with torch.inference_mode():
+                model(torch.tensor([held]), cache=ref)
+            torch.testing.assert_close(batch.cache.k[:, i, :, : len(held)], ref.k[:, 0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batch.cache.v[:, i, :, : len(held)], ref.v[:, 0], atol=1e-5, rtol=1e-5)
+        batch.step()
+        widths.add(batch.cache._at.shape[1])
+        steps += 1
+    assert [len(s.tokens) for s in seqs] == budgets
+    assert steps < max(budgets) - 1 and max(widths) > 1  # drafts were verified and accepted
+    plain = Engine(model, stop_ids=[2], pad_id=2, lookahead=0)
+    for p, seq in zip(prompts, seqs, strict=True):
+        assert seq.tokens == plain.generate([p], seq.params)[0].tokens

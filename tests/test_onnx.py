@@ -185,6 +185,30 @@ def test_second_load_reuses_the_cache(tiny_home, tiny_dir, monkeypatch):
     assert lm.engine.generate([ids], GREEDY)[0].tokens == torch_lm.engine.generate([ids], GREEDY)[0].tokens
 
 
+def test_scheduler_speculates_on_onnx(tiny_home, tiny_dir, monkeypatch):
+    """On ONNX Runtime a request alone in the server's batch verifies prompt-lookup drafts over the
+    slot cache (GroupQueryAttention takes a window of new positions for a batch of one); several rows
+    decode a token a step. Either way each request's greedy tokens are its plain tokens alone."""
+    from polytask.engine import Engine
+    from polytask.scheduler import Scheduler, SchedulerConfig
+
+    monkeypatch.setenv("POLYTASK_HOME", str(tiny_home))
+    lm = LM.load(str(tiny_dir), backend="onnx", precision="fp32")
+    plain = Engine(lm.model, lm.engine.stop_ids, lm.engine.pad_id, lookahead=0)
+    phrase = lm.tokenizer.encode(" the cat sat on the mat and")
+    prompts = [phrase * 3, lm.tokenizer.encode("Hello there") * 2, list(range(100, 140)), phrase[:3] * 4]
+    params = SamplingParams(max_new_tokens=24, stop_ids=[])
+    want = [plain.generate([p], params)[0].tokens for p in prompts]
+    sched = Scheduler(lm.engine, SchedulerConfig(max_batch=3, max_len=200))
+    try:
+        for p, w in zip(prompts, want, strict=True):  # one at a time: windows
+            assert sched.submit(p, params).result().tokens == w
+        assert sched.counts["steps"] < len(prompts) * (params.max_new_tokens - 1)  # drafts were accepted
+        assert [c.tokens for c in sched.generate(prompts, params)] == want  # together: rows join and leave
+    finally:
+        sched.close()
+
+
 def test_export_folder_runs_as_model(tiny_export, capsys):
     rc = main(["generate", "hi", "--model", str(tiny_export), "--backend", "onnx", "--max-new-tokens", "4", "--json"])
     out = capsys.readouterr().out

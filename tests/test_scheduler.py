@@ -197,3 +197,63 @@ def test_a_request_whose_sampling_fails_ends_alone(engine, sched):
     assert failing.finish_reason == "error"
     assert ok.result().tokens == alone(engine, ps[0], good)
     assert sched.submit(ps[2], good).result().tokens == alone(engine, ps[2], good)  # the loop lives on
+
+
+def repetitive(n: int, seed: int = 9) -> list[list[int]]:
+    """Prompts that repeat n-grams (a document an answer quotes), where prompt-lookup drafts are accepted."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        phrase = [rng.randrange(3, 49152) for _ in range(rng.randrange(3, 8))]
+        out.append([rng.randrange(3, 49152)] + phrase * rng.randrange(2, 5) + phrase[: rng.randrange(1, 3)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain(engine) -> Engine:
+    """The same model without speculation: a token a step."""
+    return Engine(engine.model, stop_ids=engine.stop_ids, pad_id=engine.pad_id, lookahead=0)
+
+
+def test_speculation_alone_gives_the_plain_greedy_tokens_in_fewer_steps(engine, plain):
+    s = Scheduler(engine, SchedulerConfig(max_batch=3, max_queue=8, max_len=200))
+    try:
+        sp = SamplingParams(max_new_tokens=40, stop_ids=[])
+        for p in repetitive(3) + prompts(2, seed=10):
+            steps = s.counts["steps"]
+            got = s.submit(p, sp).result()
+            assert got.tokens == alone(plain, p, sp) and got.finish_reason == "length"
+            assert s.counts["steps"] - steps <= 39  # one prefill, at most one step per further token
+        # A random tiny model falls into loops: drafts from its own output are accepted.
+        assert s.counts["steps"] < 5 * 39
+        # Up to the context's end: windows never run past max_len.
+        edge = repetitive(1, seed=11)[0]
+        c = s.submit(edge, SamplingParams(max_new_tokens=1000, stop_ids=[])).result()
+        assert c.tokens == alone(plain, edge, SamplingParams(max_new_tokens=200 - len(edge), stop_ids=[]))
+        assert len(c.tokens) == 200 - len(edge)
+    finally:
+        s.close()
+
+
+def test_speculation_under_concurrency_equals_plain_alone(engine, plain):
+    # Greedy rows draft while sampled and penalized rows share their steps, a stop token ends a
+    # drafting row, rows join and leave between steps.
+    s = Scheduler(engine, SchedulerConfig(max_batch=4, max_queue=16, max_len=200))
+    try:
+        ps = repetitive(5, seed=12) + prompts(3, seed=13)
+        greedy = [SamplingParams(max_new_tokens=10 + 5 * i, stop_ids=[]) for i in range(len(ps))]
+        ref = [alone(plain, p, sp) for p, sp in zip(ps, greedy, strict=True)]
+        loop = alone(plain, ps[0], SamplingParams(max_new_tokens=40, stop_ids=[]))
+        stop_at = SamplingParams(max_new_tokens=40, stop_ids=[loop[25]])
+        sampled = SamplingParams(max_new_tokens=15, temperature=0.8, top_p=0.9, seed=3, stop_ids=[])
+        penalized = SamplingParams(max_new_tokens=15, repetition_penalty=1.3, stop_ids=[])
+        reqs = [s.submit(p, sp) for p, sp in zip(ps, greedy, strict=True)]
+        extra = [s.submit(ps[0], stop_at), s.submit(ps[1], sampled), s.submit(ps[2], penalized)]
+        assert [r.result().tokens for r in reqs] == ref
+        stopped = extra[0].result()
+        assert stopped.finish_reason == "stop" and stopped.tokens == alone(plain, ps[0], stop_at)
+        assert extra[1].result().tokens == alone(plain, ps[1], sampled)
+        assert extra[2].result().tokens == alone(plain, ps[2], penalized)
+        assert s.counts["steps"] < sum(len(t) for t in ref)
+    finally:
+        s.close()
