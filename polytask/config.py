@@ -4,9 +4,10 @@ A leaf module: plain dataclasses and their parsing, importing nothing of polytas
 type, so that reading a config (or the optimizer's) loads no task registry, data or model code.
 ``polytask.data`` and ``polytask.lora`` consume ``DataConfig`` and ``LoraConfig`` from here.
 
-Precedence: command line (``--section.key VALUE``) > TOML file > defaults. Every key and
-value is checked against the dataclass field it lands in; an unknown key or a wrong type
-raises ``PolytaskError`` naming the key and what is allowed. ``to_toml`` writes the resolved
+Precedence: command line (``--section.key VALUE``) > TOML file > a DeepSpeed JSON config's values
+when one is given (``polytask.deepspeed_config``) > defaults. Every key and value is checked
+against the dataclass field it lands in; an unknown key or a wrong type raises ``PolytaskError``
+naming the key and what is allowed. ``to_toml`` writes the resolved
 config (next to a run's outputs and into every checkpoint).
 """
 
@@ -37,8 +38,14 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per step and rank; global batch = micro_batch x grad_accum x data ranks
     lr: float = 3e-4  # peak learning rate
     min_lr_ratio: float = 0.1  # final lr = lr x min_lr_ratio
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # after warmup; wsd = warmup-stable-decay
-    warmup_steps: int = 0  # linear warmup from 0
+    # After warmup: cosine, wsd (warmup-stable-decay) or constant, each after a linear warmup from 0;
+    # or DeepSpeed's schedules with its formulas (train/optim.py): warmup_lr (warmup, then constant),
+    # warmup_decay_lr (then linear to lr x min_lr_ratio), warmup_cosine_lr (then cosine to it).
+    schedule: Literal["cosine", "wsd", "constant", "warmup_lr", "warmup_decay_lr", "warmup_cosine_lr"] = "cosine"
+    warmup_steps: int = 0  # warmup length (DeepSpeed's schedules: warmup_num_steps, at least 1)
+    warmup_type: Literal["log", "linear"] = "log"  # DeepSpeed's schedules: warmup by ln(i+1)/ln(W) or i/W
+    warmup_min_ratio: float = 0.0  # DeepSpeed's schedules: the warmup starts at lr x warmup_min_ratio
+    schedule_steps: int = 0  # the steps the schedule spans (DeepSpeed's total_num_steps); 0 = steps
     decay_fraction: float = 0.2  # wsd: share of the steps spent in the final (linear) decay
     weight_decay: float = 0.1  # on matrices and embeddings; never on norms and biases
     beta1: float = 0.9
@@ -332,17 +339,25 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def read_toml(path: str | Path) -> dict:
+    """A config file's ``{section: {key: value}}``, unchecked (``apply`` checks it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolytaskError(f"{path}: no such config file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise PolytaskError(f"{path}: not valid TOML ({e})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None, base_where: str = "") -> TrainConfig:
+    """Defaults < ``base`` (values read from another format, e.g. a DeepSpeed config) < file < command line."""
     cfg = TrainConfig()
+    if base:
+        apply(cfg, base, base_where)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PolytaskError(f"{path}: no such config file")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise PolytaskError(f"{path}: not valid TOML ({e})") from None
-        apply(cfg, values, str(path))
+        apply(cfg, read_toml(path), str(path))
     if overrides:
         apply(cfg, parse_overrides(overrides), "command line", from_cli=True)
     validate(cfg)
@@ -355,6 +370,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (0 < cfg.optim.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]"),
+        (cfg.optim.warmup_min_ratio >= 0, "optim.warmup_min_ratio must be >= 0"),
+        (cfg.optim.schedule_steps >= 0, "optim.schedule_steps must be >= 0 (0 = optim.steps)"),
+        (cfg.optim.warmup_steps >= 1 or not cfg.optim.schedule.startswith("warmup_"),
+         f"optim.schedule = {cfg.optim.schedule!r} (DeepSpeed's) needs optim.warmup_steps >= 1"),
         (cfg.optim.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 = no clipping)"),
         (cfg.parallel.tensor_parallel >= 1, "parallel.tensor_parallel must be >= 1"),
         (cfg.parallel.checkpoint_every_n >= 1, "parallel.checkpoint_every_n must be >= 1"),
@@ -390,8 +409,9 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def to_toml(cfg: TrainConfig) -> str:
-    lines = []
+def to_toml(cfg: TrainConfig, comments: list[str] = ()) -> str:
+    """The config as TOML; ``comments`` go on top as ``#`` lines (e.g. where each DeepSpeed key went)."""
+    lines = [f"# {c}" for c in comments] + ([""] if comments else [])
     for section, body in cfg.to_dict().items():
         lines.append(f"[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in body.items() if v is not None]

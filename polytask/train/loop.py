@@ -194,8 +194,11 @@ class MetricsWriter:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Run (or continue) a training job; returns the last logged metrics (rank 0; {} elsewhere)."""
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments: list[str] = ()) -> dict:
+    """Run (or continue) a training job; returns the last logged metrics (rank 0; {} elsewhere).
+
+    ``config_comments`` go on top of the resolved config.toml (e.g. what each DeepSpeed key became).
+    """
     device = init_distributed(cfg.parallel.device)
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = build_mesh(device.type, cfg.parallel.tensor_parallel)
@@ -256,13 +259,14 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             torch.set_rng_state(saved["rng"][rank])
         _rank0_print(f"polytask train: resumed from {resume_from} at step {start_step}")
         _note_schedule_change(saved, cfg)  # once the resume is sure to go on
+    config_text = config_mod.to_toml(cfg, config_comments)
     # Written once everything above is checked and loaded: a start that fails leaves the folder
     # as it was (a refused resume keeps its config; a refused first start leaves no "other run").
     dist.barrier()
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / ".config.toml.tmp"
-        tmp.write_text(config_mod.to_toml(cfg))
+        tmp.write_text(config_text)
         tmp.rename(run_dir / "config.toml")
 
     ddp = hasattr(model, "no_sync")
@@ -374,7 +378,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == cfg.optim.steps:
             t_save = time.perf_counter()
-            save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size)
+            save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size,
+                            config_text)
             t_last += time.perf_counter() - t_save  # tokens/s and MFU measure training, not saving
         if done == fault_step and rank == int(os.environ.get(FAULT_RANK_ENV, 0)):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -386,7 +391,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     return last if rank == 0 else {}
 
 
-SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction")
+SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction", "warmup_type",
+                 "warmup_min_ratio", "schedule_steps")
 
 
 def _note_schedule_change(saved: dict, cfg: TrainConfig) -> None:
@@ -405,7 +411,8 @@ def _note_schedule_change(saved: dict, cfg: TrainConfig) -> None:
     )
 
 
-def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_cfg, world, dp_size) -> None:
+def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_cfg, world, dp_size,
+                    config_text) -> None:
     rng = [None] * world
     dist.all_gather_object(rng, torch.get_rng_state())
     train_state = {
@@ -420,7 +427,7 @@ def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_
         "model_config": model_cfg.to_dict(),
     }
     final = checkpoint.save(
-        run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep, config_mod.to_toml(cfg)
+        run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep, config_text
     )
     if cfg.lora.rank:  # the adapter in the PEFT layout, beside the checkpoint and (last step) in the run dir
         dirs = [final / "adapter"] + ([run_dir / "adapter"] if step == cfg.optim.steps else [])

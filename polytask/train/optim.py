@@ -50,22 +50,62 @@ def build_optimizer(
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine / WSD / constant."""
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine / WSD / constant;
+    or one of DeepSpeed's schedules."""
+    if cfg.schedule in DEEPSPEED_SCHEDULES:
+        return deepspeed_lr_at(step, cfg)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     low = cfg.lr * cfg.min_lr_ratio
+    total = cfg.schedule_steps or cfg.steps
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "cosine":
         # from lr on the first step after warmup to exactly lr x min_lr_ratio on the last
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps - 1)
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps - 1)
         return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     # warmup-stable-decay (Hu et al., MiniCPM 2024): flat, then a linear decay over the last fraction.
-    decay_steps = max(1, round(cfg.decay_fraction * cfg.steps))
-    decay_start = cfg.steps - decay_steps
+    decay_steps = max(1, round(cfg.decay_fraction * total))
+    decay_start = total - decay_steps
     if step < decay_start:
         return cfg.lr
     return cfg.lr + (low - cfg.lr) * min(1.0, (step - decay_start + 1) / decay_steps)
+
+
+DEEPSPEED_SCHEDULES = ("warmup_lr", "warmup_decay_lr", "warmup_cosine_lr")
+
+
+def deepspeed_lr_at(step: int, cfg: OptimConfig) -> float:
+    """DeepSpeed's WarmupLR, WarmupDecayLR and WarmupCosineLR (deepspeed/runtime/lr_schedules.py, 0.19.8),
+    written with its own operations so that the rates agree to the last bit or nearly.
+
+    DeepSpeed sets the rate at iteration -1 when it builds the scheduler and steps the scheduler
+    after each optimizer step, so optimizer step ``k`` runs at the schedule's iteration ``k - 1``:
+    WarmupLR's first two steps both run at its minimum (ln 1 = 0), and WarmupCosineLR's first step
+    at 0 (its value before it has started). The warmup is at least 2 iterations (DeepSpeed's floor).
+    ``warmup_min_ratio`` is where the warmup starts and ``min_lr_ratio`` where the decay ends, both
+    as fractions of ``lr`` (WarmupDecayLR's ``warmup_min_lr`` is both: read as ``warmup_min_lr / lr``).
+    """
+    i = step - 1
+    warmup = max(2, cfg.warmup_steps)
+    total = cfg.schedule_steps or cfg.steps
+    cosine = cfg.schedule == "warmup_cosine_lr"
+    start = cfg.lr * cfg.warmup_min_ratio
+    if i < 0:
+        return 0.0 if cosine else start
+    if i < warmup:
+        ramp = 1.0 / math.log(warmup) * math.log(i + 1) if cfg.warmup_type == "log" else i / warmup
+        if cosine:
+            return cfg.lr * (cfg.warmup_min_ratio + ramp * (1.0 - cfg.warmup_min_ratio))
+        return start + (cfg.lr - start) * ramp
+    if cfg.schedule == "warmup_lr":
+        return start + (cfg.lr - start) * 1.0
+    if cfg.schedule == "warmup_decay_lr":
+        end = cfg.lr * cfg.min_lr_ratio
+        return end + (cfg.lr - end) * max(0.0, float(total - i) / float(max(1.0, total - warmup)))
+    progress = min(1.0, (i - warmup + 1) / max(1, total - warmup))
+    ratio = (1 + math.cos(math.pi * progress)) / 2
+    return cfg.lr * max(0.0, cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * ratio)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
