@@ -61,11 +61,29 @@ class ParallelConfig:
     # zero2/zero3 = FSDP2 keeping / freeing the gathered parameters after forward
     tensor_parallel: int = 1  # K: a (data x tensor) mesh with K ranks per tensor-parallel group
     cpu_offload: bool = False  # FSDP2 keeps sharded parameters, gradients and optimizer state on the CPU
-    mixed_precision: Literal["fp32", "bf16"] = "fp32"  # compute dtype; master weights, grads, Adam stay fp32
+    # compute dtype; master weights, grads, Adam stay fp32; fp16 scales the loss as [fp16] says
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     activation_checkpointing: Literal["none", "full", "every_n"] = "none"
     checkpoint_every_n: int = 2  # every_n: recompute every n-th block
     compile: bool = False  # torch.compile each block
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class Fp16Config:
+    """Loss scaling for ``parallel.mixed_precision = "fp16"``: DeepSpeed's scheme and names.
+
+    A step whose gradients overflow (inf or nan) is skipped: no update, and the schedule does not
+    advance. Dynamic scaling halves the scale after ``hysteresis`` overflows and doubles it after
+    ``loss_scale_window`` steps without one.
+    """
+
+    loss_scale: float = 0.0  # a fixed scale; 0 = dynamic
+    initial_scale_power: int = 16  # dynamic: the scale starts at 2 ** initial_scale_power
+    loss_scale_window: int = 1000  # dynamic: steps without overflow before the scale doubles
+    hysteresis: int = 2  # dynamic: overflows before the scale halves
+    consecutive_hysteresis: bool = False  # dynamic: a step without overflow restores the hysteresis
+    min_loss_scale: float = 1.0  # dynamic: the floor; an overflow there is an error
 
 
 @dataclass
@@ -202,6 +220,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0 = no LoRA: every weight trains
+    fp16: Fp16Config = field(default_factory=Fp16Config)  # loss scaling of mixed_precision = "fp16"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -381,6 +400,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
         (cfg.metrics.log_every >= 1, "metrics.log_every must be >= 1"),
         (cfg.lora.rank >= 0, "lora.rank must be >= 0 (0 = no LoRA)"),
+        (cfg.fp16.loss_scale >= 0, "fp16.loss_scale must be >= 0 (0 = dynamic)"),
+        (cfg.fp16.loss_scale_window >= 1, "fp16.loss_scale_window must be >= 1"),
+        (cfg.fp16.hysteresis >= 1, "fp16.hysteresis must be >= 1"),
+        (cfg.fp16.min_loss_scale > 0, "fp16.min_loss_scale must be > 0"),
         (cfg.lora.rank or not cfg.lora.init_from, "lora.init_from needs lora.rank >= 1 (the adapter's rank)"),
     ]
     for ok, message in checks:

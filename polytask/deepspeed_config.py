@@ -11,7 +11,9 @@ from its arguments. Each key means what it means to DeepSpeed 0.19.8:
 - ``zero_optimization.stage`` 0-3 -> ``parallel.strategy`` ddp / zero1 / zero2 / zero3;
   ``offload_optimizer`` / ``offload_param`` on ``"cpu"`` -> ``parallel.cpu_offload`` (FSDP2
   offloads parameters, gradients and optimizer state together).
-- ``bf16.enabled`` -> ``parallel.mixed_precision = "bf16"``; ``gradient_clipping`` ->
+- ``bf16.enabled`` -> ``parallel.mixed_precision = "bf16"``; ``fp16.enabled`` -> ``"fp16"``, its
+  loss-scale keys -> polytask's ``[fp16]`` section (DeepSpeed's names and scheme: a step whose
+  gradients overflow is skipped and the schedule waits for it); ``gradient_clipping`` ->
   ``optim.max_grad_norm`` (absent: 0, DeepSpeed clips nothing); an ``activation_checkpointing``
   block -> every block recomputed.
 - ``optimizer`` AdamW / Adam (DeepSpeed's Adam is AdamW unless ``adam_w_mode`` is false), with
@@ -26,7 +28,7 @@ from its arguments. Each key means what it means to DeepSpeed 0.19.8:
   uses the ones a program passes to ``deepspeed.initialize``.
 - A tuning knob polytask has no counterpart for (bucket sizes, prefetching, persistence
   thresholds, ...) is accepted with a warning naming it; a feature polytask lacks (NVMe offload,
-  ZeRO++, fp16 loss scaling, pipelines, ...) and a key it does not know are errors naming the key.
+  ZeRO++, pipelines, ...) and a key it does not know are errors naming the key.
 
 ``load_deepspeed`` returns the resolved config, one line per DeepSpeed key saying what it became
 (written on top of the run's ``config.toml``) and the warnings for the command to print.
@@ -163,6 +165,10 @@ BF16_RULES: dict[str, tuple] = {
     "check_grad_overflow": ("knob", "bf16 needs no overflow check"),
     "bf16_master_weights_and_grads": ("feature", (False,), "bf16 master weights; polytask keeps them in fp32"),
     "bf16_optimizer_states": ("feature", (False,), "bf16 optimizer state; polytask keeps it in fp32"),
+}
+FP16_RULES: dict[str, tuple] = {
+    "auto_cast": ("knob", "polytask casts inside the model (autocast, or FSDP2's parameter dtype)"),
+    "fp16_master_weights_and_grads": ("feature", (False,), "fp16 master weights; polytask keeps them in fp32"),
 }
 OPTIMIZER_PARAM_RULES: dict[str, tuple] = {
     "bias_correction": ("feature", (True,), "Adam without bias correction"),
@@ -312,7 +318,7 @@ class _Reader:
             if name in ds:
                 self.bf16(name, self.block(name, ds.pop(name)))
         if "fp16" in ds:
-            self.fp16(ds.pop("fp16"))
+            self.fp16(self.block("fp16", ds.pop("fp16")))
         clip = ds.pop("gradient_clipping", ABSENT)
         max_norm = 0.0 if clip is ABSENT else self.number("gradient_clipping", clip, self.p.optim.max_grad_norm, 0)
         self.set("gradient_clipping", clip, ("optim", "max_grad_norm", max_norm),
@@ -430,12 +436,28 @@ class _Reader:
                  note="bf16 compute; fp32 master weights, gradient reduction and Adam state" if on else "")
         self.rest(f"{name}.", block, BF16_RULES)
 
-    def fp16(self, value: Any) -> None:
-        on = self.flag("fp16.enabled", self.block("fp16", value).get("enabled", False), False)
-        if on:
-            self.refused.append("fp16.enabled = true (fp16 with loss scaling; polytask trains in fp32 or bf16: "
-                                'write "bf16": {"enabled": true})')
-        self.entries.append(Entry("fp16", value, note="off: its loss-scale keys are unused"))
+    def fp16(self, block: dict) -> None:
+        on = self.flag("fp16.enabled", block.pop("enabled", False), self.p.parallel.mixed_precision == "fp16")
+        if not on:
+            self.set("fp16.enabled", on, note="its loss-scale keys are unused")
+            return
+        if self.values.get("parallel", {}).get("mixed_precision") == "bf16":
+            raise PolytaskError(f"{self.path}: bf16.enabled and fp16.enabled are both true; enable one")
+        self.set("fp16.enabled", on, ("parallel", "mixed_precision", "fp16"),
+                 note="fp16 compute with loss scaling; fp32 master weights, gradient reduction and Adam state")
+        p = self.p.fp16
+        for name, whole, minimum in (("loss_scale", False, 0), ("initial_scale_power", True, 0),
+                                     ("loss_scale_window", True, 1), ("hysteresis", True, 1),
+                                     ("min_loss_scale", False, 0)):
+            written = block.pop(name, ABSENT)
+            if written is not ABSENT:
+                value = self.number(f"fp16.{name}", written, getattr(p, name), minimum, whole)
+                self.set(f"fp16.{name}", written, ("fp16", name, value))
+        if "consecutive_hysteresis" in block:
+            written = block.pop("consecutive_hysteresis")
+            value = self.flag("fp16.consecutive_hysteresis", written, p.consecutive_hysteresis)
+            self.set("fp16.consecutive_hysteresis", written, ("fp16", "consecutive_hysteresis", value))
+        self.rest("fp16.", block, FP16_RULES)
 
     def optimizer(self, o: dict) -> float:
         """AdamW's settings; returns its learning rate (what a scheduler starts from)."""

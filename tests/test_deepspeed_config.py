@@ -139,6 +139,24 @@ def test_deepspeed_defaults_apply_to_what_a_block_leaves_out(tmp_path):
     assert cfg.parallel.strategy == "zero2"
 
 
+def test_fp16_and_its_loss_scale(tmp_path):
+    ds = {"train_batch_size": 2, "fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 12,
+                                          "loss_scale_window": 500, "hysteresis": 4, "min_loss_scale": 2,
+                                          "auto_cast": False}}
+    cfg, _, warnings = resolve(tmp_path, ds)
+    assert cfg.parallel.mixed_precision == "fp16"
+    assert (cfg.fp16.loss_scale, cfg.fp16.initial_scale_power, cfg.fp16.loss_scale_window, cfg.fp16.hysteresis,
+            cfg.fp16.min_loss_scale, cfg.fp16.consecutive_hysteresis) == (0.0, 12, 500, 4, 2.0, False)
+    assert [w.split(":")[0] for w in warnings] == ["fp16.auto_cast = false"]
+    cfg, _, _ = resolve(tmp_path, {"train_batch_size": 2, "fp16": {"enabled": "auto", "loss_scale": 128}},
+                        overrides=("--parallel.mixed_precision", "fp16"))
+    assert cfg.parallel.mixed_precision == "fp16" and cfg.fp16.loss_scale == 128.0
+    cfg, _, _ = resolve(tmp_path, {"train_batch_size": 2, "fp16": {"enabled": False, "loss_scale": 128}})
+    assert cfg.parallel.mixed_precision == "fp32" and cfg.fp16.loss_scale == 0.0  # off: its keys are unused
+    with pytest.raises(PolytaskError, match=r"fp16\.fp16_master_weights_and_grads = true \(fp16 master weights"):
+        resolve(tmp_path, {"train_batch_size": 2, "fp16": {"enabled": True, "fp16_master_weights_and_grads": True}})
+
+
 @pytest.mark.parametrize(("given", "world", "micro", "accum"), [
     ({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 2}, 2, 2, 4),
     ({"train_batch_size": 16, "gradient_accumulation_steps": 4}, 2, 2, 4),
@@ -189,7 +207,8 @@ def test_offload_and_checkpointing(tmp_path):
      r"zero_optimization\.zero_hpz_partition_size = 8 \(ZeRO\+\+ hierarchical partitioning\)"),
     ({"train_batch_size": 2, "zero_optimization": {"stage": 3, "overlap_com": True}},
      r"zero_optimization\.overlap_com \(not a DeepSpeed setting polytask knows\)"),
-    ({"train_batch_size": 2, "fp16": {"enabled": True, "loss_scale": 0}}, r"fp16\.enabled = true \(fp16 with loss"),
+    ({"train_batch_size": 2, "bf16": {"enabled": True}, "fp16": {"enabled": True}},
+     r"bf16\.enabled and fp16\.enabled are both true; enable one"),
     ({"train_batch_size": 2, "optimizer": {"type": "Lamb", "params": {"lr": 1e-3}}},
      r"optimizer\.type = \"Lamb\" \(polytask runs DeepSpeed's Adam and AdamW\)"),
     ({"train_batch_size": 2, "zero_optimization": {"stage": 4}}, r"zero_optimization\.stage = 4: expected 0, 1, 2, 3"),
@@ -198,8 +217,8 @@ def test_offload_and_checkpointing(tmp_path):
     ({"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": "fast"}}},
      r"optimizer\.params\.lr = \"fast\": expected a number >= 0 or \"auto\""),
 ], ids=["malformed", "not-an-object", "duplicate-key", "contradicting-batch", "indivisible-batch", "no-batch",
-        "unknown-scheduler", "no-total-steps", "nvme", "zero++", "typo", "fp16", "lamb", "stage-4", "offload-stage-1",
-        "bad-lr"])
+        "unknown-scheduler", "no-total-steps", "nvme", "zero++", "typo", "bf16-and-fp16", "lamb", "stage-4",
+        "offload-stage-1", "bad-lr"])
 def test_bad_deepspeed_config_is_one_clear_line(tmp_path, capsys, monkeypatch, content, message):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun would set it: the batch arithmetic's ranks
     ds = write(tmp_path / "ds.json", content)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 EPILOG = """config overrides: --SECTION.KEY VALUE (or --SECTION.KEY=VALUE), e.g. --optim.lr 1e-3
 --parallel.strategy zero3 --data.seq_len 256. Sections: model, data, optim, parallel, checkpoint,
-metrics, lora; the keys and their meaning are the fields of polytask/config.py. Precedence: command
+metrics, lora, fp16; the keys and their meaning are the fields of polytask/config.py. Precedence: command
 line > --config file > --deepspeed config > defaults.
 Under torchrun: torchrun --nproc-per-node N -m polytask train ..."""
 
