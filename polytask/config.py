@@ -4,9 +4,10 @@ A leaf module: plain dataclasses and their parsing, importing nothing of polytas
 type, so that reading a config (or the optimizer's) loads no task registry, data or model code.
 ``polytask.data`` and ``polytask.lora`` consume ``DataConfig`` and ``LoraConfig`` from here.
 
-Precedence: command line (``--section.key VALUE``) > TOML file > defaults. Every key and
-value is checked against the dataclass field it lands in; an unknown key or a wrong type
-raises ``PolytaskError`` naming the key and what is allowed. ``to_toml`` writes the resolved
+Precedence: command line (``--section.key VALUE``) > TOML file > a DeepSpeed JSON config's values
+when one is given (``polytask.deepspeed_config``) > defaults. Every key and value is checked
+against the dataclass field it lands in; an unknown key or a wrong type raises ``PolytaskError``
+naming the key and what is allowed. ``to_toml`` writes the resolved
 config (next to a run's outputs and into every checkpoint).
 """
 
@@ -37,8 +38,14 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per step and rank; global batch = micro_batch x grad_accum x data ranks
     lr: float = 3e-4  # peak learning rate
     min_lr_ratio: float = 0.1  # final lr = lr x min_lr_ratio
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # after warmup; wsd = warmup-stable-decay
-    warmup_steps: int = 0  # linear warmup from 0
+    # After warmup: cosine, wsd (warmup-stable-decay) or constant, each after a linear warmup from 0;
+    # or DeepSpeed's schedules with its formulas (train/optim.py): warmup_lr (warmup, then constant),
+    # warmup_decay_lr (then linear to lr x min_lr_ratio), warmup_cosine_lr (then cosine to it).
+    schedule: Literal["cosine", "wsd", "constant", "warmup_lr", "warmup_decay_lr", "warmup_cosine_lr"] = "cosine"
+    warmup_steps: int = 0  # warmup length (DeepSpeed's schedules: warmup_num_steps, at least 1)
+    warmup_type: Literal["log", "linear"] = "log"  # DeepSpeed's schedules: warmup by ln(i+1)/ln(W) or i/W
+    warmup_min_ratio: float = 0.0  # DeepSpeed's schedules: the warmup starts at lr x warmup_min_ratio
+    schedule_steps: int = 0  # the steps the schedule spans (DeepSpeed's total_num_steps); 0 = steps
     decay_fraction: float = 0.2  # wsd: share of the steps spent in the final (linear) decay
     weight_decay: float = 0.1  # on matrices and embeddings; never on norms and biases
     beta1: float = 0.9
@@ -54,11 +61,29 @@ class ParallelConfig:
     # zero2/zero3 = FSDP2 keeping / freeing the gathered parameters after forward
     tensor_parallel: int = 1  # K: a (data x tensor) mesh with K ranks per tensor-parallel group
     cpu_offload: bool = False  # FSDP2 keeps sharded parameters, gradients and optimizer state on the CPU
-    mixed_precision: Literal["fp32", "bf16"] = "fp32"  # compute dtype; master weights, grads, Adam stay fp32
+    # compute dtype; master weights, grads, Adam stay fp32; fp16 scales the loss as [fp16] says
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     activation_checkpointing: Literal["none", "full", "every_n"] = "none"
     checkpoint_every_n: int = 2  # every_n: recompute every n-th block
     compile: bool = False  # torch.compile each block
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class Fp16Config:
+    """Loss scaling for ``parallel.mixed_precision = "fp16"``: DeepSpeed's scheme and names.
+
+    A step whose gradients overflow (inf or nan) is skipped: no update, and the schedule does not
+    advance. Dynamic scaling halves the scale after ``hysteresis`` overflows and doubles it after
+    ``loss_scale_window`` steps without one.
+    """
+
+    loss_scale: float = 0.0  # a fixed scale; 0 = dynamic
+    initial_scale_power: int = 16  # dynamic: the scale starts at 2 ** initial_scale_power
+    loss_scale_window: int = 1000  # dynamic: steps without overflow before the scale doubles
+    hysteresis: int = 2  # dynamic: overflows before the scale halves
+    consecutive_hysteresis: bool = False  # dynamic: a step without overflow restores the hysteresis
+    min_loss_scale: float = 1.0  # dynamic: the floor; an overflow there is an error
 
 
 @dataclass
@@ -195,6 +220,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0 = no LoRA: every weight trains
+    fp16: Fp16Config = field(default_factory=Fp16Config)  # loss scaling of mixed_precision = "fp16"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -332,17 +358,25 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def read_toml(path: str | Path) -> dict:
+    """A config file's ``{section: {key: value}}``, unchecked (``apply`` checks it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolytaskError(f"{path}: no such config file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise PolytaskError(f"{path}: not valid TOML ({e})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None, base_where: str = "") -> TrainConfig:
+    """Defaults < ``base`` (values read from another format, e.g. a DeepSpeed config) < file < command line."""
     cfg = TrainConfig()
+    if base:
+        apply(cfg, base, base_where)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PolytaskError(f"{path}: no such config file")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise PolytaskError(f"{path}: not valid TOML ({e})") from None
-        apply(cfg, values, str(path))
+        apply(cfg, read_toml(path), str(path))
     if overrides:
         apply(cfg, parse_overrides(overrides), "command line", from_cli=True)
     validate(cfg)
@@ -355,6 +389,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (0 < cfg.optim.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]"),
+        (cfg.optim.warmup_min_ratio >= 0, "optim.warmup_min_ratio must be >= 0"),
+        (cfg.optim.schedule_steps >= 0, "optim.schedule_steps must be >= 0 (0 = optim.steps)"),
+        (cfg.optim.warmup_steps >= 1 or not cfg.optim.schedule.startswith("warmup_"),
+         f"optim.schedule = {cfg.optim.schedule!r} (DeepSpeed's) needs optim.warmup_steps >= 1"),
         (cfg.optim.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 = no clipping)"),
         (cfg.parallel.tensor_parallel >= 1, "parallel.tensor_parallel must be >= 1"),
         (cfg.parallel.checkpoint_every_n >= 1, "parallel.checkpoint_every_n must be >= 1"),
@@ -362,6 +400,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
         (cfg.metrics.log_every >= 1, "metrics.log_every must be >= 1"),
         (cfg.lora.rank >= 0, "lora.rank must be >= 0 (0 = no LoRA)"),
+        (cfg.fp16.loss_scale >= 0, "fp16.loss_scale must be >= 0 (0 = dynamic)"),
+        (cfg.fp16.loss_scale_window >= 1, "fp16.loss_scale_window must be >= 1"),
+        (cfg.fp16.hysteresis >= 1, "fp16.hysteresis must be >= 1"),
+        (cfg.fp16.min_loss_scale > 0, "fp16.min_loss_scale must be > 0"),
         (cfg.lora.rank or not cfg.lora.init_from, "lora.init_from needs lora.rank >= 1 (the adapter's rank)"),
     ]
     for ok, message in checks:
@@ -390,8 +432,9 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def to_toml(cfg: TrainConfig) -> str:
-    lines = []
+def to_toml(cfg: TrainConfig, comments: list[str] = ()) -> str:
+    """The config as TOML; ``comments`` go on top as ``#`` lines (e.g. where each DeepSpeed key went)."""
+    lines = [f"# {c}" for c in comments] + ([""] if comments else [])
     for section, body in cfg.to_dict().items():
         lines.append(f"[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in body.items() if v is not None]

@@ -29,13 +29,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from polytask.config import load_config
     from polytask.errors import PolytaskError
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, record = train_command.resolve_config(args)
     if not cfg.model.init_from:
         raise PolytaskError(
             "finetune starts from pretrained weights: set model.init_from in the config ([model] init_from = "
             '"default" or a model folder) or pass --model.init_from default'
         )
-    return train_command.run(args)
+    return train_command.run_config(args, cfg, record)

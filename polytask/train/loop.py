@@ -33,7 +33,7 @@ from polytask.model import Llama, ModelConfig, build_model, preset, training_flo
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
 from polytask.train.loss import token_cross_entropy
-from polytask.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
+from polytask.train.optim import LossScaler, build_optimizer, clip_grad_norm, lr_at, set_lr, skip_step
 from polytask.train.parallelize import build_mesh, parallelize
 from polytask.weights import config_from_hf, read_state_dict, resolve_model_dir
 
@@ -194,8 +194,11 @@ class MetricsWriter:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Run (or continue) a training job; returns the last logged metrics (rank 0; {} elsewhere)."""
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments: list[str] = ()) -> dict:
+    """Run (or continue) a training job; returns the last logged metrics (rank 0; {} elsewhere).
+
+    ``config_comments`` go on top of the resolved config.toml (e.g. what each DeepSpeed key became).
+    """
     device = init_distributed(cfg.parallel.device)
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = build_mesh(device.type, cfg.parallel.tensor_parallel)
@@ -247,35 +250,45 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
 
     start_step, tokens_seen = 0, 0
+    # fp16: the loss scale, and the steps it skipped (their gradients overflowed): the schedule
+    # counts the steps taken, as DeepSpeed steps its scheduler only after an update.
+    scaler = LossScaler(cfg.fp16) if cfg.parallel.mixed_precision == "fp16" else None
+    skipped = 0
     if saved is not None:
         checkpoint.load(resume_from, model, optimizer)
         start_step, tokens_seen = saved["step"], saved["tokens"]
+        skipped = saved["scheduler"].get("skipped", 0)
+        if scaler is not None and saved["scheduler"].get("loss_scale"):
+            scaler.load_state_dict(saved["scheduler"]["loss_scale"])
         # The loader's position is global (identical on every rank, any world size): see data/mixture.py.
         loader.load_state_dict(saved["loader"])
         if saved["world_size"] == world:
             torch.set_rng_state(saved["rng"][rank])
         _rank0_print(f"polytask train: resumed from {resume_from} at step {start_step}")
         _note_schedule_change(saved, cfg)  # once the resume is sure to go on
+    config_text = config_mod.to_toml(cfg, config_comments)
     # Written once everything above is checked and loaded: a start that fails leaves the folder
     # as it was (a refused resume keeps its config; a refused first start leaves no "other run").
     dist.barrier()
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / ".config.toml.tmp"
-        tmp.write_text(config_mod.to_toml(cfg))
+        tmp.write_text(config_text)
         tmp.rename(run_dir / "config.toml")
 
     ddp = hasattr(model, "no_sync")
+    # bf16 / fp16 compute: FSDP2 casts the parameters itself (parallelize.py), the others autocast.
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.parallel.mixed_precision)
     autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if cfg.parallel.mixed_precision == "bf16" and cfg.parallel.strategy not in ("zero2", "zero3")
+        torch.autocast(device.type, dtype=compute_dtype)
+        if compute_dtype is not None and cfg.parallel.strategy not in ("zero2", "zero3")
         else contextlib.nullcontext()
     )
     task_names = list(loader.task_names)
     num_tasks = len(task_names)
     seq_len, micro_batch, accum = cfg.data.seq_len, cfg.data.micro_batch, cfg.optim.grad_accum
     tokens_per_step = seq_len * micro_batch * accum * dp_size
-    train_dtype = torch.bfloat16 if cfg.parallel.mixed_precision == "bf16" else torch.float32
+    train_dtype = compute_dtype or torch.float32
     peak_flops = cfg.metrics.peak_flops or peak.cached(device, train_dtype)
     fault_step = int(os.environ.get(FAULT_STEP_ENV, 0))
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
@@ -308,7 +321,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         count = sum((t != -100).sum() for _, t, _ in batches).float()
         dist.all_reduce(count, group=dp_group)
         # DDP and FSDP average gradients over data ranks; the step's loss is a global sum / count.
-        scale = dp_size / count.clamp(min=1)
+        loss_scale = scaler.scale if scaler is not None else 1.0  # fp16: the gradients come out this much larger
+        scale = dp_size * loss_scale / count.clamp(min=1)
         for i, (tokens, targets, task_ids) in enumerate(batches):
             sync = contextlib.nullcontext() if not ddp or i == accum - 1 else model.no_sync()
             with sync:
@@ -324,10 +338,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             task_loss.index_add_(0, ids, ce)
             task_count.index_add_(0, ids, torch.ones_like(ce))
         target_sum += count
-        grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm, optimizer)
-        lr = lr_at(step, cfg.optim)
-        set_lr(optimizer, lr)
-        optimizer.step()
+        grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm, optimizer, loss_scale)
+        lr = lr_at(step - skipped, cfg.optim)
+        overflow = scaler is not None and not math.isfinite(grad_norm.item())  # the same on every rank
+        if overflow:
+            skipped += 1  # no update; the schedule stays where it is
+            skip_step(optimizer)
+        else:
+            set_lr(optimizer, lr)
+            optimizer.step()
+        if scaler is not None:
+            scaler.update(overflow)
         done = step + 1
         tokens_seen += tokens_per_step
         steps_since += 1
@@ -363,6 +384,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "task_loss": per_task,
             }
+            if scaler is not None:
+                last.update(loss_scale=loss_scale, skipped_steps=skipped)
             if device.type == "cuda":
                 last["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
             if metrics is not None:
@@ -374,7 +397,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == cfg.optim.steps:
             t_save = time.perf_counter()
-            save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size)
+            # the schedule is a pure function of the steps taken (done - skipped)
+            schedule = {"step": done, "skipped": skipped, "loss_scale": scaler.state_dict() if scaler else None}
+            save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size,
+                            config_text, schedule)
             t_last += time.perf_counter() - t_save  # tokens/s and MFU measure training, not saving
         if done == fault_step and rank == int(os.environ.get(FAULT_RANK_ENV, 0)):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -386,7 +412,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     return last if rank == 0 else {}
 
 
-SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction")
+SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction", "warmup_type",
+                 "warmup_min_ratio", "schedule_steps")
 
 
 def _note_schedule_change(saved: dict, cfg: TrainConfig) -> None:
@@ -397,21 +424,22 @@ def _note_schedule_change(saved: dict, cfg: TrainConfig) -> None:
     if not changed:
         return
     old = OptimConfig(**{k: v for k, v in before.items() if k in OptimConfig.__dataclass_fields__})
-    step = saved["step"]
+    step, taken = saved["step"], saved["step"] - saved["scheduler"].get("skipped", 0)  # taken: not skipped (fp16)
     what = ", ".join(f"optim.{k} {before[k]} -> {getattr(cfg.optim, k)}" for k in changed)
     _rank0_print(
         f"polytask train: {what}: the {cfg.optim.schedule} schedule is recomputed; the learning rate of "
-        f"step {step + 1} is {lr_at(step, cfg.optim):.3g} (it was {lr_at(step - 1, old):.3g} at step {step})"
+        f"step {step + 1} is {lr_at(taken, cfg.optim):.3g} (it was {lr_at(taken - 1, old):.3g} at step {step})"
     )
 
 
-def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_cfg, world, dp_size) -> None:
+def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_cfg, world, dp_size,
+                    config_text, schedule) -> None:
     rng = [None] * world
     dist.all_gather_object(rng, torch.get_rng_state())
     train_state = {
         "step": step,
         "tokens": tokens,
-        "scheduler": {"step": step},  # the schedule is a pure function of the step
+        "scheduler": schedule,
         "loader": loader.state_dict(),
         "rng": rng,
         "world_size": world,
@@ -420,7 +448,7 @@ def save_checkpoint(run_dir, step, tokens, model, optimizer, loader, cfg, model_
         "model_config": model_cfg.to_dict(),
     }
     final = checkpoint.save(
-        run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep, config_mod.to_toml(cfg)
+        run_dir, step, model, optimizer, train_state, cfg.checkpoint.keep, config_text
     )
     if cfg.lora.rank:  # the adapter in the PEFT layout, beside the checkpoint and (last step) in the run dir
         dirs = [final / "adapter"] + ([run_dir / "adapter"] if step == cfg.optim.steps else [])

@@ -102,9 +102,8 @@ def apply_activation_checkpointing(model: Llama, mode: str, every_n: int) -> Non
 def apply_fsdp(model: Llama, dp_mesh: DeviceMesh, cfg: ParallelConfig) -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(
-        param_dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32, reduce_dtype=torch.float32
-    )
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
     kwargs = {"mesh": dp_mesh, "mp_policy": mp, "reshard_after_forward": cfg.strategy == "zero3"}
     if cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=False)
