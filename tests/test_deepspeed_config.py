@@ -375,3 +375,16 @@ def test_a_deepspeed_config_trains_as_the_toml_written_for_it(default_dir):
         assert (root / "ds" / "checkpoints" / "step_00000010" / "config.toml").read_text() == resolved
         again = load_config(root / "ds" / "config.toml")  # the record is comments: the file loads as it is
         assert again.to_dict() == load_config(root / "hand.toml").to_dict()
+
+
+@needs_data
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_deepspeed_itself_trains_the_config_as_polytask_does(default_dir):
+    """DeepSpeed's own ZeRO-3 engine (CPU accelerator, 2 gloo ranks) on the same model, rows and
+    config, through benchmarks/deepspeed_vs_polytask.py: the same losses and the same rates."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "deepspeed_vs_polytask.py"
+    proc = subprocess.run([sys.executable, str(script), "--stages", "3", "--rounds", "1", "--steps", "4",
+                           "--seq-len", "64"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    zero3 = json.loads(proc.stdout.splitlines()[-1])["stages"]["zero3"]
+    assert zero3["max_loss_gap_first_10"] < 1e-5 and zero3["max_lr_gap"] == 0.0
