@@ -97,10 +97,10 @@ def test_ranker_puts_the_answer_sentence_first():
     q, cosines, passages, informative = "Where did Turing get his PhD?", [0.6, 0.5, 0.55], [0, 1, 0], {"phd"}
     assert ranker_features(q, sentences, cosines, passages, informative).shape == (3, len(RANKER_FEATURES))
     assert len(RANKER_WEIGHTS) == len(RANKER_FEATURES)
-    scores = answer_sentence_scores(q, sentences, cosines, passages, informative)
+    scores = answer_sentence_scores(ranker_features(q, sentences, cosines, passages, informative))
     assert scores.argmax() == 1
     dates = ["Turing died at his home in Wilmslow.", "Turing died in 1954 in Wilmslow."]
-    scores = answer_sentence_scores("When did Turing die?", dates, [0.7, 0.7], [0, 0], set())
+    scores = answer_sentence_scores(ranker_features("When did Turing die?", dates, [0.7, 0.7], [0, 0], set()))
     assert scores[1] > scores[0]
 
 

@@ -6,14 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import DATA
+from conftest import needs_data
 
 from polytask.data import DataConfig, build_data
 from polytask.data.tokenize import prompt_ids, render_prompt, tokenize_examples
 from polytask.errors import PolytaskError
 from polytask.tasks import get_task
-
-needs_data = pytest.mark.skipif(not (DATA / "clinc150_oos").is_dir(), reason=f"shared data absent at {DATA}")
 
 
 @pytest.fixture(scope="module")

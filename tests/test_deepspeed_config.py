@@ -14,15 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, needs_data
 
 from polytask.cli import main
 from polytask.config import OptimConfig, load_config
 from polytask.deepspeed_config import load_deepspeed
 from polytask.errors import PolytaskError
 from polytask.train.optim import lr_at
-
-needs_data = pytest.mark.skipif(not (DATA / "clinc150_oos").exists(), reason=f"no CLINC150 data under {DATA}")
 
 BASE = f"""
 [model]

@@ -6,14 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, needs_data
 
 from polytask.cli import main
 from polytask.config import OptimConfig, load_config, to_toml
 from polytask.errors import PolytaskError
 from polytask.train.optim import lr_at
-
-needs_data = pytest.mark.skipif(not (DATA / "clinc150_oos").exists(), reason=f"no CLINC150 data under {DATA}")
 
 TINY = f"""
 [model]

@@ -13,15 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import needs_data
 from test_train_config import TINY
 
 from polytask.cli import main
 from polytask.config import Fp16Config
 from polytask.errors import PolytaskError
 from polytask.train.optim import LossScaler
-
-needs_data = pytest.mark.skipif(not (DATA / "clinc150_oos").exists(), reason=f"no CLINC150 data under {DATA}")
 
 # overflow (1) or not (0) at each optimizer step
 FLAGS = [0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]

@@ -57,7 +57,7 @@ from polytask.apps.common import (
 from polytask.engine import SamplingParams
 from polytask.errors import PolytaskError
 from polytask.store import DocStore, Hit
-from polytask.store.text import RANKER_FEATURES, RANKER_WEIGHTS, ranker_features
+from polytask.store.text import RANKER_FEATURES, answer_sentence_scores, ranker_features
 from polytask.text import STOPWORDS, WORD, is_fragment, question_support, sentence_spans, stems
 
 ADHOC_COLLECTION = "_files"  # where `ask --doc FILE` indexes the file (unchanged files are not re-read)
@@ -431,7 +431,7 @@ def rank_sentences(question: str, hits: list[Hit], db: DocStore) -> list[Ranked]
     support (``question_support``: embedding similarity plus the share of the question's content
     words), which decides whether the documents speak to the question at all.
 
-    The order is the learnt ranker's (``RANKER_WEIGHTS`` over ``ranker_features``): on held-out SQuAD train articles
+    The order is the learnt ranker's (``answer_sentence_scores``): on held-out SQuAD train articles
     the answer is in its best two sentences of the 5 best passages for 80.9% of the questions,
     against 76.5% for the best two by support among the 3 best passages (tools/fit_sentence_ranker.py)."""
     found, texts, cosines, ranks = sentence_candidates(question, hits, db)
@@ -439,7 +439,7 @@ def rank_sentences(question: str, hits: list[Hit], db: DocStore) -> list[Ranked]
         return []
     support = question_support(question, texts, cosines)
     x = ranker_features(question, texts, cosines, ranks, informative_words(question, hits[:3]))
-    order = x @ np.asarray(RANKER_WEIGHTS)
+    order = answer_sentence_scores(x)
     idf = x[:, RANKER_FEATURES.index("idf_overlap")]
     ranked = sorted(range(len(found)), key=lambda i: -order[i])
     return [Ranked(*found[i], float(support[i]), float(order[i]), float(idf[i]), r) for r, i in enumerate(ranked)]

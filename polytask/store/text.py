@@ -94,7 +94,7 @@ def ranker_features(question: str, sentences: list[str], cosines, passage_ranks:
     return np.stack(cols, axis=1)
 
 
-def answer_sentence_scores(question: str, sentences: list[str], cosines, passage_ranks: list[int],
-                           informative: set[str]) -> np.ndarray:
-    """A score per sentence, higher for the likelier answer sentence (RANKER_WEIGHTS' linear model)."""
-    return ranker_features(question, sentences, cosines, passage_ranks, informative) @ np.asarray(RANKER_WEIGHTS)
+def answer_sentence_scores(features: np.ndarray) -> np.ndarray:
+    """A score per sentence from its ``ranker_features`` row, higher for the likelier answer
+    sentence (RANKER_WEIGHTS' linear model)."""
+    return features @ np.asarray(RANKER_WEIGHTS)
