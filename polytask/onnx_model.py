@@ -191,16 +191,23 @@ class OnnxLlama:
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``cache``: a ``KVCache`` or an ``engine.SlotCache``. ``positions`` is accepted
-        and unused: each key's position is its slot (module docstring)."""
+        and unused: each key's position is its slot (module docstring). ``keep`` (bool, (batch,
+        seq)), as for ``Llama``: logits (n, vocab) of its n True positions only (the graph's head
+        runs on the positions that any row keeps)."""
         cfg = self.config
         batch, t = tokens.shape
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.ascontiguousarray(tokens.numpy(), dtype=np.int64))
-        keep = np.array([t - 1] if last_only else range(t), dtype=np.int64)
-        io.bind_cpu_input(POSITIONS_INPUT, keep)
-        logits = torch.empty(batch, len(keep), cfg.vocab_size, dtype=torch.float32)
+        if keep is not None:
+            columns = keep.any(0).nonzero().squeeze(1)
+            wanted = columns.numpy().astype(np.int64)
+        else:
+            wanted = np.array([t - 1] if last_only else range(t), dtype=np.int64)
+        io.bind_cpu_input(POSITIONS_INPUT, wanted)
+        logits = torch.empty(batch, len(wanted), cfg.vocab_size, dtype=torch.float32)
         io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.data_ptr())
         if cache is None:
             total = t
@@ -232,7 +239,7 @@ class OnnxLlama:
         self.session.run_with_iobinding(io)
         if cache is not None:
             cache.advance(t)
-        return logits
+        return logits if keep is None else logits[keep[:, columns]]
 
     def _bind_cache(self, io, k: torch.Tensor, v: torch.Tensor, batch: int) -> None:
         """Bind each layer's keys/values (layers, batch, kv_heads, capacity, head_dim) as both the past

@@ -85,6 +85,29 @@ def test_fp32_matches_torch(reference, adapter):
         for p, continuation in zip(prompts[:2], ref[:2], strict=True):
             ids = torch.tensor([p + continuation])
             assert (onnx_lm.model(ids) - torch_lm.model(ids)).abs().max().item() < 1e-3
+        # Logits of chosen positions only (``keep``, what ask reads its token probabilities from),
+        # a different set in each row.
+        ids = torch.tensor([prompts[0][:20], prompts[1][:20]])
+        keep = torch.zeros(ids.shape, dtype=torch.bool)
+        keep[0, [3, 19]] = True
+        keep[1, 7] = True
+        ours, theirs = onnx_lm.model(ids, keep=keep), torch_lm.model(ids, keep=keep)
+        assert ours.shape == theirs.shape == (3, torch_lm.model.config.vocab_size)
+        assert (ours - theirs).abs().max().item() < 1e-3
+
+
+def test_ask_on_onnx(app_lm, tmp_path):
+    """``ask`` on the ONNX backend gives torch's answers and confidences (it reads the reader's
+    token probabilities through the backend's logits)."""
+    from polytask.apps.ask import ask
+
+    onnx_lm = LM.load("default", adapter="polytask-multitask", backend="onnx", precision="fp32")
+    doc = Path(__file__).resolve().parents[1] / "polytask" / "assets" / "samples" / "turing.md"
+    store = tmp_path / "store.sqlite"
+    for question in ("Where did Turing get his PhD?", "What was Turing's favourite food?"):
+        a, b = (ask(question, doc=doc, store=store, lm=lm) for lm in (app_lm, onnx_lm))
+        assert (a.found, a.text, a.extract) == (b.found, b.text, b.extract), question
+        assert abs(a.confidence - b.confidence) < 1e-3, question
 
 
 @pytest.mark.parametrize("precision,least", [("int8", 0.9), ("int4", 0.6)])
