@@ -35,6 +35,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1.0: off (CTRL paper's penalty on already-seen tokens)
     stop_ids: list[int] | None = None  # None: the engine's defaults (the tokenizer's end-of-turn ids)
     seed: int | None = None
+    # Added to the logits of these token ids before sampling, as the OpenAI API's logit_bias;
+    # -100 or less bans a token.
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -50,6 +53,16 @@ class SamplingParams:
             raise PolytaskError(f"repetition_penalty must be a number > 0, got {self.repetition_penalty}")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise PolytaskError(f"seed must be a 64-bit integer ({SEED_MIN} to {SEED_MAX}), got {self.seed}")
+        for token, bias in (self.logit_bias or {}).items():
+            if not (isinstance(token, int) and token >= 0 and math.isfinite(bias) and -100 <= bias <= 100):
+                raise PolytaskError(f"logit_bias maps token ids (>= 0) to numbers from -100 to 100, "
+                                    f"got {token!r}: {bias!r}")
+
+    @property
+    def greedy(self) -> bool:
+        """The next token is the raw logits' argmax (no temperature, penalty or bias): prompt-lookup
+        speculation, which verifies drafts against that argmax, keeps the output."""
+        return self.temperature == 0 and self.repetition_penalty == 1.0 and not self.logit_bias
 
 
 @dataclass
@@ -105,6 +118,11 @@ def sample(
 ) -> torch.Tensor:
     """The next token of each row: logits (batch, vocab) fp32 -> ids (batch,). ``seen`` (batch, n):
     the tokens the repetition penalty applies to, less ``exempt``."""
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=logits.device)
+        bias = torch.tensor([b if b > -100 else float("-inf") for b in params.logit_bias.values()],
+                            device=logits.device, dtype=logits.dtype)
+        logits = logits.index_add(1, ids, bias.expand(logits.shape[0], -1))
     if seen is not None:
         prev = logits.gather(1, seen)
         penalized = logits.scatter(
@@ -170,8 +188,8 @@ class Sequence:
 
     @property
     def greedy(self) -> bool:
-        """The next token is the argmax (no temperature, no penalty): speculation keeps the output."""
-        return self.params.temperature == 0 and self.params.repetition_penalty == 1.0
+        """The next token is the argmax (``SamplingParams.greedy``): speculation keeps the output."""
+        return self.params.greedy
 
     def sample(self, logits: torch.Tensor) -> int:
         """The next token from this row's logits (1, vocab) fp32."""
@@ -469,6 +487,8 @@ class Engine:
         vocab = self.model.config.vocab_size
         if any(t < 0 or t >= vocab for p in prompts for t in p):
             raise PolytaskError(f"token id out of range for a vocabulary of {vocab}")
+        if any(t >= vocab for t in params.logit_bias or {}):
+            raise PolytaskError(f"logit_bias names a token id out of range for a vocabulary of {vocab}")
         return min(longest + params.max_new_tokens, self.context_length)
 
     @torch.inference_mode()
@@ -603,8 +623,7 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Completion]:
         params = params or SamplingParams()
-        if (len(prompts) > 1 and params.temperature == 0 and params.repetition_penalty == 1.0 and self.lookahead
-                and self.batched_windows):
+        if len(prompts) > 1 and params.greedy and self.lookahead and self.batched_windows:
             return self._generate_lookup_batch(prompts, params)
         results = [Completion() for _ in prompts]
         finished = [False] * len(prompts)

@@ -316,11 +316,42 @@ def test_sampling_params_refuse_nan_and_out_of_range_seeds():
         ({"repetition_penalty": math.nan}, "repetition_penalty must be a number > 0"),
         ({"seed": 10**23}, "seed must be a 64-bit integer"),
         ({"seed": -(2**63) - 1}, "seed must be a 64-bit integer"),
+        ({"logit_bias": {5: math.nan}}, "logit_bias maps token ids"),
+        ({"logit_bias": {5: -101}}, "logit_bias maps token ids"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias maps token ids"),
     ):
         with pytest.raises(PolytaskError, match=message):
             SamplingParams(**bad)
     SamplingParams(seed=2**64 - 1)
     SamplingParams(seed=-(2**63))
+
+
+def test_logit_bias_bans_tokens_on_every_path(tiny_engine):
+    """A bias of -100 rules a token out: in one prompt's decoding (no prompt-lookup drafts, which
+    verify against the raw argmax), in a batch, and in the server's scheduler; a smaller bias
+    shifts the logits as the OpenAI API's does."""
+    from polytask.errors import PolytaskError
+    from polytask.scheduler import Scheduler, SchedulerConfig
+
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert sample(logits, SamplingParams(logit_bias={1: -100}), None, None).tolist() == [2]
+    assert sample(logits, SamplingParams(logit_bias={0: 2.5}), None, None).tolist() == [0]
+    phrase = [5, 6, 7, 8] * 6  # repeats: prompt lookup would draft its continuation
+    params = SamplingParams(max_new_tokens=12, stop_ids=[])
+    free = tiny_engine.generate([phrase], params)[0].tokens
+    banned = SamplingParams(max_new_tokens=12, stop_ids=[], logit_bias=dict.fromkeys(set(free), -100.0))
+    assert not banned.greedy and params.greedy
+    alone = tiny_engine.generate([phrase], banned)[0].tokens
+    both = tiny_engine.generate([phrase, [9, 10, 11]], banned)
+    assert len(alone) == 12 and not set(alone) & set(free)
+    assert both[0].tokens == alone and not set(both[1].tokens) & set(free)
+    sched = Scheduler(tiny_engine, SchedulerConfig(max_batch=2))
+    try:
+        assert sched.submit(phrase, banned).result().tokens == alone
+    finally:
+        sched.close()
+    with pytest.raises(PolytaskError, match="logit_bias names a token id out of range"):
+        tiny_engine.generate([phrase], SamplingParams(logit_bias={10**9: -100.0}))
 
 
 def test_repetition_penalty_spares_stop_and_padding_tokens(tiny_engine):

@@ -88,6 +88,26 @@ def test_client_errors_are_openai_errors(server):
         client.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_logit_bias_bans_tokens(server):
+    """OpenAI's ``logit_bias``: -100 rules a token out (the tokens of the unbiased answer do not
+    come back); a key that is not a token id, or a bias outside -100..100, is a 400 of one line."""
+    url, key, state = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    tok, engine = state.base.lm.tokenizer, state.base.scheduler.engine
+    prompt = tok.encode_chat(messages)
+    banned = set(engine.generate([prompt], SamplingParams(max_new_tokens=8))[0].tokens)
+    ref = engine.generate([prompt], SamplingParams(max_new_tokens=8, logit_bias=dict.fromkeys(banned, -100.0)))[0]
+    assert ref.tokens and not set(ref.tokens) & banned
+    out = client.chat.completions.create(model=state.model_id, messages=messages, max_tokens=8, temperature=0,
+                                         logit_bias={str(t): -100 for t in banned})
+    assert out.choices[0].message.content == tok.decode(ref.tokens)
+    for bias, needle in (({"red": -100}, "'red' is not a token id"), ({"10000000": 5}, "is not a token id"),
+                         ({"5": -300}, "from -100 to 100")):
+        with pytest.raises(openai.BadRequestError, match=needle):
+            client.chat.completions.create(model=state.model_id, messages=messages, max_tokens=4, logit_bias=bias)
+
+
 def test_disconnect_frees_the_slot(server):
     import httpx
 

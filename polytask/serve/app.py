@@ -132,7 +132,21 @@ class ChatCompletionRequest(BaseModel):
     # Accepted so that OpenAI clients sending their defaults work; only 0 (off) is supported.
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # As OpenAI's: a token id (a string in JSON) -> a bias from -100 to 100 added to its logit; -100 bans it.
+    logit_bias: dict[str, float] | None = None
     user: str | None = None
+
+
+def token_biases(biases: dict[str, float] | None, vocab: int) -> dict[int, float] | None:
+    """A request's ``logit_bias`` with its keys as token ids (one error line for a key that is not one)."""
+    if not biases:
+        return None
+    out = {}
+    for key, bias in biases.items():
+        if not key.strip().isdigit() or int(key) >= vocab:
+            raise PolytaskError(f"logit_bias: {key!r} is not a token id of this model (0 to {vocab - 1})")
+        out[int(key)] = bias
+    return out
 
 
 def create_app(state: ServeState) -> FastAPI:
@@ -223,7 +237,8 @@ def create_app(state: ServeState) -> FastAPI:
         # top_p below 1e-6 keeps only the likeliest token either way (its probability is at least
         # 1/vocab), and a smaller one rounds to 0 in fp32, which would drop every token.
         sampling["top_p"] = max(sampling.get("top_p", 1.0), 1e-6)
-        params = SamplingParams(max_new_tokens=asked or min(state.default_max_tokens, room), **sampling)
+        params = SamplingParams(max_new_tokens=asked or min(state.default_max_tokens, room),
+                                logit_bias=token_biases(body.logit_bias, lm.model.config.vocab_size), **sampling)
         stops = [s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s]  # "" stops nothing
         req = scheduler.submit(prompt, params, loop=asyncio.get_running_loop())
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
