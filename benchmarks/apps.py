@@ -28,7 +28,8 @@ Last line: one JSON object with
 - agent_intent_accuracy, agent_oos_recall, agent_closing_recall, ... (``--parts agent``): the
   agent over the shipped knowledge base on the team's own messages (benchmarks/data/agent_*.yaml),
   thresholds tuned on the dev, held-out and previous test sets (agent_dev_* / agent_heldout_* /
-  agent_test_*), measured on the test set (agent_test2.yaml), which nothing was tuned on.
+  agent_test_*), measured on the test sets, which nothing was tuned on: agent_test2.yaml (agent_*) and
+  agent_test3.yaml (agent_test3_*).
 - heading_only, unsupported_names_rate, cnndm_rougeL, samsum_rougeL, ... (``--parts summaries``,
   not in the default parts): ``summarize`` on the team's development documents
   (benchmarks/data/summaries), the 250 CNN/DM test articles and 100 SAMSum test chats; see
@@ -399,8 +400,9 @@ def agent(work: Path) -> dict:
     messages: its three thresholds tuned on benchmarks/data/agent_dev.yaml, agent_heldout.yaml and
     agent_test.yaml (the previous test set) together (``agent_dev_*``, ``agent_heldout_*`` and
     ``agent_test_*``: each set's figures at the tuned thresholds), then the real ``Agent`` (a fresh
-    conversation per message, the shipped thresholds) on agent_test2.yaml (``agent_*``), whose
-    messages are neither tuned on nor printed. Each message's outcome is the intent answered or
+    conversation per message, the shipped thresholds) on the two test sets, agent_test2.yaml
+    (``agent_*``) and agent_test3.yaml (``agent_test3_*``), whose messages are neither tuned on nor
+    printed. Each message's outcome is the intent answered or
     handed over for, ``out_of_scope``, ``closing`` (a goodbye) or ``clarify``; a clarifying
     question counts as wrong for an in-scope message and is the right turn for a vague one (the
     sets' ``ambiguous:`` messages)."""
@@ -472,17 +474,19 @@ def agent(work: Path) -> dict:
             if w != o:
                 log(f"agent {name} (tuning): {t!r}: expected {w}, got {o}")
 
-    test = messages("agent_test2.yaml")
     store = DocStore(work / "agent.sqlite")
-    got = []
-    for text, _ in test:
-        turn = Agent(kb, store=store).respond(text)
-        got.append(({"answer": turn.intent, "handoff": turn.intent or "talk_to_human", "clarify": "clarify",
-                     "out_of_scope": OUT_OF_SCOPE, "goodbye": CLOSING}[turn.action],
-                    [name for name, _ in turn.candidates] if turn.action == "clarify" else []))
-    # The test messages' errors are counted, not printed: read, they would become tuning data.
-    log(f"agent test2: {sum(w != o for (_, w), (o, _) in zip(test, got, strict=True))} of {len(test)} wrong")
-    return {f"agent_{k}": v for k, v in figures(test, got).items()} | out
+    for prefix, file in (("agent", "agent_test2.yaml"), ("agent_test3", "agent_test3.yaml")):
+        test = messages(file)
+        got = []
+        for text, _ in test:
+            turn = Agent(kb, store=store).respond(text)
+            got.append(({"answer": turn.intent, "handoff": turn.intent or "talk_to_human", "clarify": "clarify",
+                         "out_of_scope": OUT_OF_SCOPE, "goodbye": CLOSING}[turn.action],
+                        [name for name, _ in turn.candidates] if turn.action == "clarify" else []))
+        # The test messages' errors are counted, not printed: read, they would become tuning data.
+        log(f"agent {file}: {sum(w != o for (_, w), (o, _) in zip(test, got, strict=True))} of {len(test)} wrong")
+        out |= {f"{prefix}_{k}": v for k, v in figures(test, got).items()}
+    return out
 
 
 def ask_latency(work: Path, lm) -> dict:
