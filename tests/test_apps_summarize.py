@@ -4,9 +4,11 @@ random model (the structure, not the wording, is under test there)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 
 from polytask.apps.summarize import (
     Source,
@@ -149,3 +151,19 @@ def test_a_block_longer_than_a_prompt_is_split_not_cut():
     groups = _groups([block, "A short tail."], 4000)
     assert all(len(g) <= 4000 for g in groups) and len(groups) >= 7
     assert " ".join(" ".join(groups).split()) == " ".join(f"{block} A short tail.".split())  # nothing dropped
+
+
+@pytest.mark.skipif(not (DATA / "samsum").is_dir(), reason=f"no SAMSum data under {DATA}")
+def test_a_chat_summary_that_invents_is_written_again(app_lm, monkeypatch):
+    """SAMSum validation chat 49 (a train/val split): the adapter's greedy summary names what the
+    chat does not have, and the check would drop it whole; written again with those words ruled
+    out, it keeps to the chat's own names and numbers."""
+    import polytask.apps.summarize as summarize_module
+
+    chat = json.loads((DATA / "samsum" / "validation.json").read_text(encoding="utf-8"))[49]["dialogue"]
+    monkeypatch.setattr(summarize_module, "CHAT_RETRIES", 0)
+    first = summarize_module.summarize_chat(chat, app_lm)
+    assert unsupported_names(first, chat), first
+    monkeypatch.setattr(summarize_module, "CHAT_RETRIES", 2)
+    again = summarize_module.summarize_chat(chat, app_lm)
+    assert again and not unsupported_names(again, chat), again

@@ -267,13 +267,31 @@ def is_chat(text: str) -> bool:
     return len(lines) >= 3 and sum(bool(CHAT_LINE.match(x)) for x in lines) >= 0.8 * len(lines)
 
 
-def summarize_chat(text: str, lm) -> str:
-    """One chat transcript -> one or two sentences, in the SAMSum task's words (for the adapter)."""
+# How many times a chat's summary is written again with the names and numbers it invented ruled out.
+CHAT_RETRIES = 2
+
+
+def summarize_chat(text: str, lm, source: Source | None = None) -> str:
+    """One chat transcript -> one or two sentences, in the SAMSum task's words (for the adapter).
+
+    A summary that names or numbers something the chat does not have ("Will will pick Emma up at
+    2 pm") is written again with the first token of each such word ruled out (a logit bias of
+    -100), up to ``CHAT_RETRIES`` times: the model's next-best wording usually says the same from
+    the chat's own names, where dropping the sentence would leave little or nothing."""
     from polytask.tasks.summarize import Samsum
 
+    source = source or Source(text)
     prompt = [{"role": "user", "content": Samsum.user.format(text=text)}]
-    out = lm.chat(prompt, max_new_tokens=Samsum.max_new_tokens, temperature=0.0)
-    return complete_sentences(PREAMBLE.sub("", out.strip()).strip())
+    banned: dict[int, float] = {}
+    for _ in range(CHAT_RETRIES + 1):
+        out = lm.chat(prompt, max_new_tokens=Samsum.max_new_tokens, temperature=0.0, logit_bias=banned or None)
+        summary = complete_sentences(PREAMBLE.sub("", out.strip()).strip())
+        invented = unsupported_names(summary, source.text, source.anchors)
+        if not invented:
+            break
+        banned |= {ids[0]: -100.0 for word in invented for ids in (lm.tokenizer.encode(word),
+                                                                      lm.tokenizer.encode(" " + word)) if ids}
+    return summary
 
 
 def _generate(lm, instruction: str, texts: list[str], max_new_tokens: int) -> list[str]:
@@ -383,7 +401,7 @@ def summarize(
         if chat is not None and uses_multitask(chat):
             # A chat's summary joins what several people said: names and numbers are checked, not
             # whether they stand in one line.
-            text = supported_sentences(summarize_chat(doc.text, chat), source, strict=False)
+            text = supported_sentences(summarize_chat(doc.text, chat, source), source, strict=False)
             if text:
                 return Summary(str(file), length, clip_words(text, max_words))
     lm = get_lm(lm, model, adapter)
