@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from polytask.errors import PolytaskError
-from polytask.model import KVCache, ModelConfig
+from polytask.kv_cache import KVCache
+from polytask.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class OnnxLlama:
         mask: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """``cache``: a ``KVCache`` or an ``engine.SlotCache``. ``positions`` is accepted
+        """``cache``: a ``KVCache`` or an ``kv_cache.SlotCache``. ``positions`` is accepted
         and unused: each key's position is its slot (module docstring)."""
         cfg = self.config
         batch, t = tokens.shape

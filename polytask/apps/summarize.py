@@ -296,7 +296,7 @@ def _split_long(piece: str, chunk_chars: int) -> list[str]:
     return [*out, piece] if piece else out
 
 
-def _groups(pieces: list[str], chunk_chars: int) -> list[str]:
+def group_pieces(pieces: list[str], chunk_chars: int) -> list[str]:
     groups: list[str] = []
     for p in (part for piece in pieces for part in _split_long(piece, chunk_chars)):
         if groups and len(groups[-1]) + len(p) + 2 <= chunk_chars:
@@ -310,14 +310,14 @@ def summarize_text(text_pieces: list[str], lm, instruction: str, max_new_tokens:
                    batch_size: int = 4) -> tuple[str, bool]:
     """The model's summary of whole text, map-reduce until the pieces fit one prompt; returns
     (summary, whether it was hierarchical). Unchecked: ``summarize`` checks it."""
-    groups = _groups(text_pieces, chunk_chars)
+    groups = group_pieces(text_pieces, chunk_chars)
     hierarchical = False
     while len(groups) > 1:
         hierarchical = True
         partial = []
         for b in range(0, len(groups), batch_size):
             partial += _generate(lm, MAP_INSTRUCTION, groups[b : b + batch_size], 80)
-        groups = _groups(partial, chunk_chars)
+        groups = group_pieces(partial, chunk_chars)
     return _generate(lm, instruction, groups, max_new_tokens)[0], hierarchical
 
 
