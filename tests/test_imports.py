@@ -136,6 +136,8 @@ FORBIDDEN = [
     # without the document store; the store and the applications sit beside or above the tasks
     ("polytask.text", "polytask"),  # the text tools are a leaf below the tasks, the store and the apps
     ("polytask.embed", "polytask.store"),
+    ("polytask.prompts", "polytask"),  # the shared task wording is a leaf
+    ("polytask.apps", "polytask.tasks"),  # the applications take task wording from polytask.prompts
 ]
 
 

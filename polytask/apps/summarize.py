@@ -31,6 +31,7 @@ import numpy as np
 
 from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_multitask
 from polytask.errors import PolytaskError
+from polytask.prompts import SAMSUM_MAX_NEW_TOKENS, SAMSUM_USER
 from polytask.store import ParsedDoc, parse_file
 from polytask.store.parsers import HEADING
 from polytask.text import STOPWORDS, is_fragment, sentence_spans, stems
@@ -269,10 +270,8 @@ def is_chat(text: str) -> bool:
 
 def summarize_chat(text: str, lm) -> str:
     """One chat transcript -> one or two sentences, in the SAMSum task's words (for the adapter)."""
-    from polytask.tasks.summarize import Samsum
-
-    prompt = [{"role": "user", "content": Samsum.user.format(text=text)}]
-    out = lm.chat(prompt, max_new_tokens=Samsum.max_new_tokens, temperature=0.0)
+    prompt = [{"role": "user", "content": SAMSUM_USER.format(text=text)}]
+    out = lm.chat(prompt, max_new_tokens=SAMSUM_MAX_NEW_TOKENS, temperature=0.0)
     return complete_sentences(PREAMBLE.sub("", out.strip()).strip())
 
 
