@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO))
 from polytask.config import load_config  # noqa: E402
 from polytask.data import build_data  # noqa: E402
 from polytask.lora import apply_lora  # noqa: E402
+from polytask.registry import load_model  # noqa: E402
 from polytask.tokenizer import Tokenizer  # noqa: E402
 from polytask.train.loss import token_cross_entropy  # noqa: E402
-from polytask.weights import load_model  # noqa: E402
 
 
 def main() -> None:

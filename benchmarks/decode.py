@@ -237,7 +237,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
 
     ids = torch.tensor(b1)
-    from polytask.model import KVCache
+    from polytask.kv_cache import KVCache
 
     def pt_prefill(x):
         cache = KVCache(lm.model.config, 1, x.shape[1] + 1, dtype)

@@ -125,11 +125,11 @@ def deepspeed_worker(ds_path: str, toml_path: str, out: str) -> None:
     from polytask.data import build_data
     from polytask.deepspeed_config import load_deepspeed
     from polytask.model import build_model
+    from polytask.registry import resolve_model_dir
     from polytask.tokenizer import Tokenizer
     from polytask.train.loop import model_config_for
     from polytask.train.loss import token_cross_entropy
     from polytask.train.optim import param_groups
-    from polytask.weights import resolve_model_dir
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from polytask.config import OptimConfig, ParallelConfig
-from polytask.model import build_model, preset, training_flops
+from polytask.model import build_model, preset
 from polytask.train import peak
 from polytask.train.loss import token_cross_entropy
 from polytask.train.optim import build_optimizer, clip_grad_norm
@@ -263,7 +263,7 @@ def main() -> None:
         # model_state_bytes two gloo ranks measure.
         ddp, zero3 = sum(model_state(cfg, "ddp", 2)), sum(model_state(cfg, "zero3", 2))
         # FLOPs per input token of the work both sides must do: the head on the trained positions
-        per_token, per_target = training_flops(build_model(cfg, device="meta"), args.seq_len)
+        per_token, per_target = peak.training_flops(build_model(cfg, device="meta"), args.seq_len)
         flops = per_token + per_target * (args.seq_len - 1) / args.seq_len
         rows.append((
             name, ours_tps, hf_tps, trainer_tps, statistics.median(round_ratios),

@@ -3,7 +3,7 @@
 The step-level core that the CLI's ``Engine`` and the server's ``scheduler.Scheduler`` share:
 a prompt's decoding state and its per-step rules (``Sequence``: sampling with a seed, the
 repetition penalty, stop tokens, the budget, prompt-lookup drafts), and ``SlotBatch``, sequences
-decoding together over a ``SlotCache`` (prefill one, a step for all, each row at its own length,
+decoding together over a ``kv_cache.SlotCache`` (prefill one, a step for all, each row at its own length,
 drafts verified in the step). ``Engine`` decodes one prompt on it and left-pads batches of
 prompts into a preallocated ``KVCache`` (per-row positions and a padding mask). The backends
 (``model.Llama``, ``onnx_model.OnnxLlama``) sit below. Nothing here knows about text: prompts,
@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from polytask.errors import PolytaskError
-from polytask.model import KVCache, Llama, ModelConfig, can_pack, pack_projections
+from polytask.kv_cache import KVCache, SlotCache
+from polytask.model import Llama
 from polytask.onnx_model import OnnxLlama
+from polytask.packing import can_pack, pack_projections
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 
@@ -237,82 +239,6 @@ class Sequence:
         self.finish_reason, self.error = "error", error
 
 
-class SlotCache:
-    """Keys/values of ``slots`` independent sequences: (layers, slots, kv_heads, capacity, head_dim).
-
-    Duck-types ``KVCache`` for one step of a ``SlotBatch``: ``begin(lengths, t)`` says where each
-    active row writes its ``t`` new keys (from its own length, ``write_at``); ``update`` writes
-    there and returns the first ``n`` rows up to the longest row's end, which the step's mask cuts
-    to each row's own keys. The ONNX backend (``onnx_model.OnnxLlama``) hands the buffers and
-    ``write_at`` to ORT instead.
-
-    It grows along the sequence axis by doubling (up to ``max_len``) and shrinks back when the
-    batch empties, so memory follows the work instead of the worst case.
-    """
-
-    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None,
-                 initial: int = 256) -> None:
-        self.cfg, self.slots, self.max_len, self.dtype, self.device = cfg, slots, max_len, dtype, device
-        self.initial = min(initial, max_len)
-        # Read by the model only when a step passes no mask: one row, which is a KVCache's case.
-        self.pos = 0
-        self._alloc(self.initial)
-        self._rows = self._at = self.write_at = None
-        self._n = self._kv_len = 0
-
-    def _alloc(self, capacity: int) -> None:
-        shape = (self.cfg.num_layers, self.slots, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
-        # Zeroed, unlike KVCache: shorter rows read (masked) slots they never wrote, and a masked
-        # NaN would still poison softmax @ v (0 * NaN = NaN).
-        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.capacity = capacity
-
-    def reserve(self, length: int) -> None:
-        """Make room for ``length`` positions per slot (doubling, so growth is rare)."""
-        if length <= self.capacity:
-            return
-        assert length <= self.max_len
-        old_k, old_v, old = self.k, self.v, self.capacity
-        self._alloc(min(self.max_len, max(length, 2 * old)))
-        self.k[:, :, :, :old] = old_k
-        self.v[:, :, :, :old] = old_v
-
-    def release(self) -> None:
-        """Back to the initial size (called when no slot is in use)."""
-        if self.capacity > self.initial:
-            self._alloc(self.initial)
-
-    def load(self, slot: int, cache: KVCache, length: int) -> None:
-        """Copy a prefilled batch-1 cache into ``slot``."""
-        self.reserve(length + 1)
-        self.k[:, slot, :, :length] = cache.k[:, 0, :, :length]
-        self.v[:, slot, :, :length] = cache.v[:, 0, :, :length]
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
-
-    def begin(self, lengths: torch.Tensor, t: int = 1) -> None:
-        """Next forward: rows ``0..n-1`` each write ``t`` keys from their own length on."""
-        self._n = lengths.numel()
-        self._kv_len = int(lengths.max()) + t
-        self.reserve(self._kv_len)
-        self.write_at = lengths.to(self.k.device)
-        self._rows = torch.arange(self._n, device=self.k.device)[:, None]
-        self._at = self.write_at[:, None] + torch.arange(t, device=self.k.device)  # (n, t)
-        self.pos = int(lengths[0]) if self._n == 1 else 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # k, v: (n, kv_heads, t, head_dim): row i's keys go to positions lengths[i].. of slot i.
-        self.k[layer, self._rows, :, self._at] = k.transpose(1, 2)
-        self.v[layer, self._rows, :, self._at] = v.transpose(1, 2)
-        return self.k[layer, : self._n, :, : self._kv_len], self.v[layer, : self._n, :, : self._kv_len]
-
-    def advance(self, t: int) -> None:
-        """Nothing: ``begin`` places every step."""
-
-
 class SlotBatch:
     """The step-level generation core: ``Sequence``s decoding together, one per slot of a
     ``SlotCache``, each at its own length (Orca, Yu et al. OSDI 2022: iteration-level scheduling).
@@ -440,7 +366,7 @@ class Engine:
     positions for several rows: torch, not ONNX Runtime, see ``onnx_model``); 0 turns it off.
 
     ``pack``: decode batches of B > 1 rows with the projection weights packed for B rows
-    (MKL's packed GEMM, see ``model.Projection``), and, for batched greedy decoding with
+    (MKL's packed GEMM, see ``packing.Projection``), and, for batched greedy decoding with
     lookup drafts, also for its windows of B × (1 + BATCH_LOOKAHEAD) rows when a second pack set
     fits as well. The packs for the last batch stay until another batch size or mode comes.
     None (the default) packs when the model is fp32 on an MKL CPU and the packs (about twice

@@ -96,7 +96,7 @@ def _run_builder(hf_dir: Path, out: Path, precision: str) -> None:
 
 def build_onnx(hf_dir: Path, out: Path, precision: str, source: dict) -> Path:
     """Export ``hf_dir`` into ``out`` (written to a temporary sibling, then renamed)."""
-    from polytask.weights import atomic_dir, check_replaceable, publish
+    from polytask.atomic import atomic_dir, check_replaceable, publish
 
     check_precision(precision)
     builder = _genai_version()
@@ -175,7 +175,8 @@ def hf_source(model: str = "default", adapter: str | Path | None = None, checkpo
     """The Hugging Face-layout folder to export and its description for the manifest: a model as it
     is, or a temporary folder holding a training checkpoint or a model with ``adapter`` merged in
     (resolved already: a folder or None)."""
-    from polytask.weights import load_model, resolve_model_dir, save_pretrained
+    from polytask.registry import load_model, resolve_model_dir
+    from polytask.weights import save_pretrained
 
     if checkpoint is None and adapter is None:
         model_dir = resolve_model_dir(model)
@@ -183,7 +184,7 @@ def hf_source(model: str = "default", adapter: str | Path | None = None, checkpo
         return
     import torch
 
-    from polytask.lora import apply_adapter
+    from polytask.adapters import apply_adapter
 
     if checkpoint is not None:
         from polytask.train.checkpoint import load_for_export

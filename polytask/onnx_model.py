@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from polytask.errors import PolytaskError
-from polytask.model import KVCache, ModelConfig
+from polytask.kv_cache import KVCache
+from polytask.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class OnnxLlama:
         last_only: bool = False,
         keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``cache``: a ``KVCache`` or an ``engine.SlotCache``. ``positions`` is accepted
+        """``cache``: a ``KVCache`` or an ``kv_cache.SlotCache``. ``positions`` is accepted
         and unused: each key's position is its slot (module docstring). ``keep`` (bool, (batch,
         seq)), as for ``Llama``: logits (n, vocab) of its n True positions only (the graph's head
         runs on the positions that any row keeps)."""

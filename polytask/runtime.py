@@ -12,9 +12,9 @@ import torch
 
 from polytask.engine import Completion, Engine, SamplingParams
 from polytask.errors import PolytaskError
-from polytask.model import fuse_projections
+from polytask.packing import fuse_projections
+from polytask.registry import load_model
 from polytask.tokenizer import TextStream, Tokenizer
-from polytask.weights import load_model
 
 Messages = list[dict]
 
@@ -91,8 +91,9 @@ class LM:
         export, built into the cache on first use, see ``onnx_export.cached_onnx``; ``model`` may
         also be an ONNX export folder). ``precision``: fp32 or bf16 on torch, fp32, int8 or int4 on
         onnx; None: ``dtype`` on torch, fp32 on onnx (an export folder: its own)."""
-        from polytask.lora import apply_adapter, resolve_adapter  # LoRA lives in the customization layer
+        from polytask.adapters import apply_adapter  # LoRA lives in the customization layer
         from polytask.onnx_export import is_onnx_folder
+        from polytask.registry import resolve_adapter
 
         check_backend(backend, precision)
         path = resolve_adapter(adapter, model)
@@ -113,7 +114,7 @@ class LM:
     def _load_onnx(cls, model: str, adapter: Path | None, precision: str | None) -> LM:
         from polytask.onnx_export import cached_onnx, check_export, is_onnx_folder
         from polytask.onnx_model import OnnxLlama
-        from polytask.weights import resolve_model_dir
+        from polytask.registry import resolve_model_dir
 
         folder = Path(model).expanduser()
         if is_onnx_folder(folder):

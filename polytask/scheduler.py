@@ -30,8 +30,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from polytask.engine import Completion, Engine, SamplingParams, Sequence, SlotBatch, SlotCache
+from polytask.engine import Completion, Engine, SamplingParams, Sequence, SlotBatch
 from polytask.errors import PolytaskError
+from polytask.kv_cache import SlotCache
 
 
 class QueueFull(Exception):

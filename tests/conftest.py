@@ -24,7 +24,7 @@ def pytest_configure(config):
 def default_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct in the HF layout (in POLYTASK_HOME, converted once)."""
     from polytask.errors import PolytaskError
-    from polytask.weights import default_model_dir
+    from polytask.registry import default_model_dir
 
     try:
         return default_model_dir()

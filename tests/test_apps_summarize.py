@@ -145,10 +145,10 @@ def test_bad_input(tmp_path):
 
 
 def test_a_block_longer_than_a_prompt_is_split_not_cut():
-    from polytask.apps.summarize import _groups
+    from polytask.apps.summarize import group_pieces
 
     block = " ".join(f"word{i}" for i in range(3000))
-    groups = _groups([block, "A short tail."], 4000)
+    groups = group_pieces([block, "A short tail."], 4000)
     assert all(len(g) <= 4000 for g in groups) and len(groups) >= 7
     assert " ".join(" ".join(groups).split()) == " ".join(f"{block} A short tail.".split())  # nothing dropped
 

@@ -50,7 +50,7 @@ def test_missing_embedded_wheel_gives_pip_command(capsys, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("cut", [20, 1_000_000])
 def test_corrupt_gguf_leaves_cache_clean(capsys, tmp_path, monkeypatch, default_dir, cut):
-    from polytask.weights import smollm2_gguf
+    from polytask.registry import smollm2_gguf
 
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(smollm2_gguf().read_bytes()[:cut])

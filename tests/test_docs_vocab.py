@@ -210,8 +210,8 @@ def test_eval_perplexity_on_held_out_docs_skips_bad_files(doc_folder, tiny_dir):
 
 
 def test_vocab_finds_terms_adds_tokens_and_grows_model(doc_folder, tiny_dir, tmp_path):
+    from polytask.registry import load_model
     from polytask.tokenizer import Tokenizer
-    from polytask.weights import load_model
 
     terms = tmp_path / "terms.txt"
     proc = run_cli("vocab", "--docs", str(doc_folder), "--out", str(terms), "--model", str(tiny_dir),

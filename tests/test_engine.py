@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from polytask.engine import BATCH_LOOKAHEAD, Engine, SamplingParams, sample, unpenalized
-from polytask.model import KVCache, build_model, preset
+from polytask.kv_cache import KVCache
+from polytask.model import build_model, preset
 from polytask.runtime import LM
 
 
@@ -114,7 +115,7 @@ def test_stream_chat_pieces_join_to_the_reply(default_lm: LM):
 def test_fused_projections_keep_logits_and_state_dict():
     import copy
 
-    from polytask.model import fuse_projections
+    from polytask.packing import fuse_projections
 
     model = build_model(preset("tiny"), device="cpu")
     model.init_weights(seed=1)
@@ -146,7 +147,7 @@ def test_prompt_lookup_speculation_gives_the_greedy_output_in_fewer_steps():
 
 
 def test_packed_projections_give_the_same_batched_output():
-    from polytask.model import can_pack, fuse_projections, projections
+    from polytask.packing import can_pack, fuse_projections, projections
 
     model = fuse_projections(build_model(preset("tiny"), device="cpu"))
     model.init_weights(seed=3)
@@ -164,7 +165,7 @@ def test_packed_projections_give_the_same_batched_output():
     with torch.no_grad():
         model.lm_head.weight.mul_(-1)
         torch.testing.assert_close(model.head(x), F.linear(x, model.lm_head.weight))
-    from polytask.model import pack_projections
+    from polytask.packing import pack_projections
 
     pack_projections(model, None)
     assert all(not p.packs for p in projections(model))
@@ -173,7 +174,7 @@ def test_packed_projections_give_the_same_batched_output():
 def test_modules_swapped_after_fusing_are_used():
     import copy
 
-    from polytask.model import fuse_projections
+    from polytask.packing import fuse_projections
 
     model = build_model(preset("tiny"), device="cpu")
     model.init_weights(seed=4)
@@ -192,7 +193,7 @@ def test_modules_swapped_after_fusing_are_used():
 
 
 def test_decode_attention_matches_sdpa():
-    from polytask.model import decode_attention
+    from polytask.kernels import decode_attention
 
     q, k, v = torch.randn(3, 6, 1, 8), torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
     mask = torch.rand(3, 1, 1, 10) > 0.3
@@ -203,7 +204,7 @@ def test_decode_attention_matches_sdpa():
 
 
 def test_decode_attention_reads_a_cache_slice_in_place():
-    from polytask.model import decode_attention
+    from polytask.kernels import decode_attention
 
     cache = torch.randn(2, 3, 2, 32, 8)  # (k/v, batch, kv_heads, max_len, head_dim): a slice is not contiguous
     k, v, q = cache[0, :, :, :11], cache[1, :, :, :11], torch.randn(3, 4, 1, 8)
@@ -268,12 +269,12 @@ def test_engine_never_reads_an_unwritten_cache_slot(tiny_engine, monkeypatch):
 
 
 def test_rope_rotation_in_bf16_stays_within_rounding_of_apply_rope():
-    from polytask.model import _rotate, apply_rope, rope_rotation, rope_tables
+    from polytask.model import apply_rope, rope_rotation, rope_tables, rotate_heads
 
     cos, sin = rope_tables(16, 64, 10000.0)
     x = torch.randn(2, 1, 3 * 16)  # (batch, 1, heads * head_dim), as the fused projection gives it
     want = apply_rope(x.view(2, 1, 3, 16).transpose(1, 2), cos[7], sin[7])  # fp32 reference
-    got = _rotate(x.bfloat16(), rope_rotation(cos[7], sin[7]).bfloat16(), 3)
+    got = rotate_heads(x.bfloat16(), rope_rotation(cos[7], sin[7]).bfloat16(), 3)
     torch.testing.assert_close(got.float(), want, atol=0.02, rtol=0.01)
 
 
@@ -397,8 +398,9 @@ def test_model_folder_sampling_defaults(tmp_path, monkeypatch):
     import json
 
     from polytask.errors import PolytaskError
+    from polytask.registry import SMOLLM2_SAMPLING, default_model_dir
     from polytask.runtime import sampling_defaults
-    from polytask.weights import SMOLLM2_SAMPLING, add_generation_defaults, default_model_dir
+    from polytask.weights import add_generation_defaults
 
     assert sampling_defaults(tmp_path) == {}  # no generation_config.json: the engine's defaults
     gen = tmp_path / "generation_config.json"

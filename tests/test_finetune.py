@@ -81,7 +81,7 @@ def single(config, tmp_path_factory) -> Path:
 def test_lora_finetune_writes_peft_adapter_and_keeps_base(single, tiny_dir):
     import torch.distributed.checkpoint as dcp
 
-    from polytask.weights import load_model
+    from polytask.registry import load_model
 
     adapter = single / "adapter"
     cfg = json.loads((adapter / "adapter_config.json").read_text())
@@ -115,8 +115,8 @@ def test_lora_under_torchrun_matches_one_process(config, single, tmp_path, overr
 
 
 def test_lora_run_exports_merged(single, tiny_dir, tmp_path):
-    from polytask.lora import apply_adapter
-    from polytask.weights import load_model
+    from polytask.adapters import apply_adapter
+    from polytask.registry import load_model
 
     out = tmp_path / "exported"
     ok(subprocess.run([sys.executable, "-m", "polytask", "export", "--checkpoint", str(single), "--out", str(out)],
@@ -169,9 +169,9 @@ def test_lora_init_from_continues_a_trained_adapter(config, single, tmp_path, ca
 def test_lora_run_exports_to_onnx(single, tiny_dir, tmp_path):
     """``export --format onnx --checkpoint``: the run's model with its adapter folded in, as an
     onnxruntime-genai folder whose logits are the merged torch model's."""
-    from polytask.lora import apply_adapter
+    from polytask.adapters import apply_adapter
     from polytask.onnx_model import OnnxLlama
-    from polytask.weights import load_model
+    from polytask.registry import load_model
 
     out = tmp_path / "onnx"
     ok(subprocess.run([sys.executable, "-m", "polytask", "export", "--format", "onnx", "--checkpoint", str(single),

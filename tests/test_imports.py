@@ -86,11 +86,48 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def private_uses(path: Path, modules: dict[str, Path]) -> list[str]:
+    """``from polytask.x import _name`` and ``x._name`` on a polytask module ``x`` imported by name,
+    anywhere in a file outside the package (tests, tools, benchmarks)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases = {}  # local name -> the polytask module it is bound to
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("polytask"):
+            for a in node.names:
+                if f"{node.module}.{a.name}" in modules:
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                elif a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"{path.name} imports {node.module}.{a.name}")
+        elif isinstance(node, ast.Import):
+            aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{path.name} uses {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
 def test_no_import_cycles_and_no_private_cross_imports():
     edges, private = graph()
     assert len(edges) > 50 and "polytask.engine" in edges["polytask.runtime"]  # the walk sees the package
     assert cycles(edges) == []
     assert private == []
+
+
+def test_tests_tools_and_benchmarks_use_only_public_names():
+    modules = module_files()
+    root = PACKAGE.parent
+    files = [p for folder in ("tests", "tools", "benchmarks") for p in sorted((root / folder).rglob("*.py"))]
+    assert Path(__file__) in files
+    assert [u for p in files for u in private_uses(p, modules)] == []
+
+
+def test_a_private_use_is_found(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from polytask.model import _secret\nfrom polytask import engine as e\ne._hidden()\n")
+    assert private_uses(probe, module_files()) == ["probe.py imports polytask.model._secret",
+                                                   "probe.py uses polytask.engine._hidden"]
 
 
 # (importer, imported): package prefixes that must not meet, with the layering they keep.
@@ -99,6 +136,8 @@ FORBIDDEN = [
     # without the document store; the store and the applications sit beside or above the tasks
     ("polytask.text", "polytask"),  # the text tools are a leaf below the tasks, the store and the apps
     ("polytask.embed", "polytask.store"),
+    ("polytask.prompts", "polytask"),  # the shared task wording is a leaf
+    ("polytask.apps", "polytask.tasks"),  # the applications take task wording from polytask.prompts
 ]
 
 

@@ -11,17 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from polytask.lora import (
-    LoraConfig,
-    LoRALinear,
-    apply_adapter,
-    apply_lora,
-    lora_modules,
-    merge_lora,
-    save_model_adapter,
-)
+from polytask.adapters import apply_adapter, save_model_adapter
+from polytask.config import LoraConfig
+from polytask.lora import LoRALinear, apply_lora, lora_modules, merge_lora
 from polytask.model import build_model, preset
-from polytask.weights import load_model, save_pretrained
+from polytask.registry import load_model
+from polytask.weights import save_pretrained
 
 
 def tiny(seed: int = 0, name: str = "tiny"):
@@ -77,7 +72,7 @@ def test_fresh_adapter_is_the_base_model_and_merge_matches():
 
 
 def test_training_flops_count_no_head_without_targets_and_no_gradient_for_frozen_weights():
-    from polytask.model import training_flops
+    from polytask.train.peak import training_flops
 
     for name in ("tiny", "tiny-untied"):
         cfg = preset(name)
@@ -235,7 +230,7 @@ def test_adapter_names_resolve(tmp_path, monkeypatch):
     """--adapter: a folder, a shipped name, auto (the shipped multi-task adapter on the default model
     only) or none; an unknown bare name lists what ships."""
     from polytask.errors import PolytaskError
-    from polytask.lora import MULTITASK, SHIPPED_DIR, resolve_adapter, shipped_adapters
+    from polytask.registry import MULTITASK, SHIPPED_DIR, resolve_adapter, shipped_adapters
 
     assert MULTITASK in shipped_adapters()
     assert resolve_adapter("polytask-multitask") == SHIPPED_DIR / MULTITASK
@@ -252,7 +247,7 @@ def test_shipped_adapter_is_small_bf16_and_matches_peft(default_dir):
     """The adapter ships in the PEFT layout, bf16, a few MB; peft + transformers give our logits."""
     from safetensors import safe_open
 
-    from polytask.lora import MULTITASK, SHIPPED_DIR
+    from polytask.registry import MULTITASK, SHIPPED_DIR
 
     folder = SHIPPED_DIR / MULTITASK
     weights = folder / "adapter_model.safetensors"

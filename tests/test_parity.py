@@ -42,7 +42,7 @@ def test_greedy_tokens_match_transformers(default_lm, hf_model):
 
 def test_tokenizer_matches_transformers_gguf_reader(default_lm):
     """Our tokenizer.json built from the GGUF vocabulary encodes like transformers' own GGUF tokenizer."""
-    from polytask.weights import smollm2_gguf
+    from polytask.registry import smollm2_gguf
 
     path = smollm2_gguf()
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -52,7 +52,8 @@ def test_tokenizer_matches_transformers_gguf_reader(default_lm):
 
 def test_weights_match_transformers_gguf_dequantization(default_dir):
     """Our GGUF conversion (dequantize + undo llama.cpp's q/k permutation) equals transformers' reader."""
-    from polytask.weights import read_state_dict, smollm2_gguf
+    from polytask.registry import smollm2_gguf
+    from polytask.weights import read_state_dict
 
     path = smollm2_gguf()
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)

@@ -76,17 +76,19 @@ def test_eval_bad_input(argv, message, capsys):
 def test_eval_with_adapter(tiny_dir, faq, tmp_path, capsys):
     import torch
 
-    from polytask import lora
-    from polytask.weights import load_model
+    from polytask.adapters import save_model_adapter
+    from polytask.config import LoraConfig
+    from polytask.lora import apply_lora
+    from polytask.registry import load_model
 
     net, _ = load_model(str(tiny_dir))
-    cfg = lora.LoraConfig(rank=2)
-    lora.apply_lora(net, cfg)
+    cfg = LoraConfig(rank=2)
+    apply_lora(net, cfg)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)  # a non-zero update, so the adapter changes the answers
-    adapter = lora.save_model_adapter(net, tmp_path / "adapter", cfg, str(tiny_dir))
+    adapter = save_model_adapter(net, tmp_path / "adapter", cfg, str(tiny_dir))
     spec = f"faq:type=jsonl,path={faq},prompt_field=q,target_field=a"
     argv = ["eval", "--model", str(tiny_dir), "--task", spec, "--split", "train", "--max-new-tokens", "6", "--json"]
     preds = {}

@@ -116,7 +116,7 @@ def test_squad_unanswerable_contexts_hold_no_gold_answer(tmp_path):
     target "not in the documents" and never contain a gold answer."""
     import json
 
-    from polytask.tasks.qa import NO_ANSWER
+    from polytask.prompts import NO_ANSWER
 
     turing = ["Alan Turing was an English mathematician. He obtained his PhD from Princeton University in 1938.",
               "His adviser at Princeton University was Alonzo Church. During the war he worked at Bletchley Park."]
@@ -147,3 +147,21 @@ def test_squad_unanswerable_contexts_hold_no_gold_answer(tmp_path):
     assert "Turing" in other["Rome-0-0:other"].inputs["context"] or "Princeton" in other["Rome-0-0:other"].inputs[
         "context"]
     assert all(ex.target == NO_ANSWER for ex in other.values())
+
+
+def test_shared_prompts_are_the_ones_the_shipped_adapter_learnt():
+    """The tasks and the applications take this wording from polytask.prompts; the shipped adapter
+    was trained on exactly these bytes, so a change here is a prompt it never saw."""
+    import hashlib
+
+    from polytask import prompts
+    from polytask.tasks.classify import EmailIntent
+    from polytask.tasks.qa import Squad
+    from polytask.tasks.summarize import Samsum
+
+    digests = {name: hashlib.sha256(getattr(prompts, name).encode()).hexdigest()[:16]
+               for name in ("SQUAD_USER", "NO_ANSWER", "EMAIL_INTENT_USER", "SAMSUM_USER")}
+    assert digests == {"SQUAD_USER": "cb12579dda2c3941", "NO_ANSWER": "dfa17e3f16d6bb59",
+                       "EMAIL_INTENT_USER": "0c5776b49e58ae14", "SAMSUM_USER": "467a70e554c8a0de"}
+    assert (Squad.user, EmailIntent.user, Samsum.user, Samsum.max_new_tokens) == (
+        prompts.SQUAD_USER, prompts.EMAIL_INTENT_USER, prompts.SAMSUM_USER, prompts.SAMSUM_MAX_NEW_TOKENS)

@@ -110,7 +110,7 @@ def test_tied_embedding_gradient_is_dense_and_equals_the_untied_sum():
     hook = tied.model.layers["0"].register_forward_pre_hook(lambda module, args: lookups.append(args[0]))
     F.cross_entropy(tied(tokens).flatten(0, 1), tokens.flatten()).backward()
     hook.remove()
-    assert type(lookups[0].grad_fn).__name__ == "_TiedLookupBackward"  # the in-place path was taken
+    assert type(lookups[0].grad_fn).__name__ == "TiedLookupBackward"  # the in-place path was taken
 
     # The same weights untied: two dense gradients whose sum is what the tied weight must get.
     untied = copy.deepcopy(tied)
@@ -128,7 +128,7 @@ def test_tied_embedding_gradient_is_dense_and_equals_the_untied_sum():
 
 
 def test_tied_gradient_is_right_whichever_backward_runs_first():
-    from polytask.model import _HeadWeight, _TiedLink, _TiedLookup
+    from polytask.kernels import HeadWeight, TiedLink, TiedLookup
 
     torch.manual_seed(0)
     weight = torch.randn(11, 4, dtype=torch.float64)
@@ -136,9 +136,9 @@ def test_tied_gradient_is_right_whichever_backward_runs_first():
     x = torch.randn(5, 4, dtype=torch.float64)
 
     def loss(w, head_first: bool, tied: bool):
-        link = _TiedLink()
-        lookup = (lambda: _TiedLookup.apply(tokens, w, link)) if tied else (lambda: F.embedding(tokens, w))
-        head = (lambda: F.linear(x, _HeadWeight.apply(w, link))) if tied else (lambda: F.linear(x, w))
+        link = TiedLink()
+        lookup = (lambda: TiedLookup.apply(tokens, w, link)) if tied else (lambda: F.embedding(tokens, w))
+        head = (lambda: F.linear(x, HeadWeight.apply(w, link))) if tied else (lambda: F.linear(x, w))
         # autograd runs the later-made node's backward first
         if head_first:
             emb, logits = lookup(), head()
@@ -155,7 +155,7 @@ def test_tied_gradient_is_right_whichever_backward_runs_first():
 
 
 def test_short_bf16_training_attention_runs_in_fp32_and_long_stays_bf16():
-    from polytask.model import FP32_ATTENTION_MAX_KEYS, attention
+    from polytask.kernels import FP32_ATTENTION_MAX_KEYS, attention
 
     torch.manual_seed(0)
     for keys, expect_fp32 in ((16, True), (FP32_ATTENTION_MAX_KEYS + 8, False)):

@@ -204,7 +204,8 @@ def test_run_dir_of_another_run_and_checkpoint_of_another_model(tmp_path, capsys
         assert last[key] > 0, key
     # MFU against the peak given (a made-up 1e11: no bound on it, that would be a timing assertion),
     # counting the head only for the answer tokens that get logits
-    from polytask.model import build_model, preset, training_flops
+    from polytask.model import build_model, preset
+    from polytask.train.peak import training_flops
 
     per_token, per_target = training_flops(build_model(preset("tiny"), device="meta"), 32)
     assert 0 < last["target_tokens_per_s"] < last["tokens_per_s"] / 2  # CLINC150: intents after utterances

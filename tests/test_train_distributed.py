@@ -216,8 +216,8 @@ def test_export_loads_in_transformers(reference, tmp_path):
     import torch
 
     from polytask.cli import main
+    from polytask.registry import load_model
     from polytask.train.checkpoint import load_for_export
-    from polytask.weights import load_model
 
     out = tmp_path / "hf"
     assert main(["export", "--checkpoint", str(reference), "--out", str(out)]) == 0

@@ -20,17 +20,16 @@ from pathlib import Path
 
 import torch
 
-from polytask.engine import SamplingParams
-from polytask.lora import (
+from polytask.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    MULTITASK,
     PEFT_PREFIX,
-    SHIPPED_DIR,
-    _lora_config_from_peft,
+    lora_config_from_peft,
     read_adapter,
     save_adapter,
 )
+from polytask.engine import SamplingParams
+from polytask.registry import MULTITASK, SHIPPED_DIR
 from polytask.runtime import LM
 from polytask.tasks import get_task
 
@@ -39,7 +38,7 @@ TASKS = ["clinc150", "banking77", "squad", "samsum", "aeslc", "email_intent", "c
 
 def write_bf16(src: Path, out: Path) -> None:
     config, tensors, base = read_adapter(src)
-    cfg, _ = _lora_config_from_peft(config, str(src / ADAPTER_CONFIG))
+    cfg, _ = lora_config_from_peft(config, str(src / ADAPTER_CONFIG))
     cfg = dataclasses.replace(cfg, dropout=config.get("lora_dropout", 0.0))  # the training setting, kept as is
     # base_model.model.<name>.weight -> <name>, the keys save_adapter takes
     state = {k.removeprefix(PEFT_PREFIX).removesuffix(".weight"): t for k, t in tensors.items()}

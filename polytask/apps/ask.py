@@ -56,6 +56,7 @@ from polytask.apps.common import (
 )
 from polytask.engine import SamplingParams
 from polytask.errors import PolytaskError
+from polytask.prompts import NO_ANSWER, SQUAD_USER
 from polytask.store import DocStore, Hit
 from polytask.store.text import RANKER_FEATURES, answer_sentence_scores, ranker_features
 from polytask.text import STOPWORDS, WORD, is_fragment, question_support, sentence_spans, stems
@@ -171,10 +172,8 @@ def ask(
 
 def build_prompt(lm, context: str, question: str) -> str:
     """The multi-task adapter learnt extractive QA in the SQuAD task's words; the base model gets ours."""
-    from polytask.tasks.qa import Squad
-
     if uses_multitask(lm):
-        return Squad.user.format(context=context, question=question)
+        return SQUAD_USER.format(context=context, question=question)
     return PROMPT.format(context=context, question=question)
 
 
@@ -324,8 +323,6 @@ def read_context(lm, context: str, question: str, max_new_tokens: int) -> Readin
     best span beside the no-answer score. Whether to show it is then the confidence model's
     choice, from the model's probability of declining and the evidence together, instead of the
     decline alone: the 135M reader declines many questions whose answer is in the context."""
-    from polytask.tasks.qa import NO_ANSWER
-
     messages = [{"role": "user", "content": build_prompt(lm, context, question)}]
     prompt = lm.tokenizer.encode_chat(messages)
     tokens = lm.complete([messages], max_new_tokens=max_new_tokens, temperature=0.0)[0].tokens

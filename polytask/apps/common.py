@@ -42,7 +42,7 @@ def get_lm(lm: LM | None = None, model: str = "default", adapter: str | None = "
 
 def uses_multitask(lm) -> bool:
     """Whether ``lm`` carries the shipped multi-task adapter (the apps then use its task prompts)."""
-    from polytask.lora import MULTITASK
+    from polytask.registry import MULTITASK
 
     return getattr(lm, "adapter_name", None) == MULTITASK
 

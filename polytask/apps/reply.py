@@ -25,6 +25,7 @@ from pathlib import Path
 
 from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_multitask
 from polytask.errors import PolytaskError
+from polytask.prompts import EMAIL_INTENT_USER
 from polytask.store import Email, read_email
 from polytask.text import STOPWORDS, sentence_spans
 
@@ -128,11 +129,10 @@ def requests(mail: Email, lm=None) -> list[str]:
     body = strip_quoted(mail.body)
     sentences = [" ".join(body[s:e].split()) for s, e in sentence_spans(body)][:MAX_SENTENCES]
     if lm is not None and uses_multitask(lm):
-        from polytask.tasks.classify import EmailIntent  # the prompt the adapter learnt the labels with
-
-        # Greetings and sign-offs ("Hi Sam,", "Best, Jordan") are not sentences the labels were made for.
+        # The adapter learnt the labels with the e-mail intent task's prompt. Greetings and sign-offs
+        # ("Hi Sam,", "Best, Jordan") are not sentences the labels were made for.
         judged = [s for s in sentences if len(s.split()) >= 4]
-        prompts = [[{"role": "user", "content": EmailIntent.user.format(text=s)}] for s in judged]
+        prompts = [[{"role": "user", "content": EMAIL_INTENT_USER.format(text=s)}] for s in judged]
         verdicts = lm.chat(prompts, max_new_tokens=2, temperature=0.0) if prompts else []
         asking = [s for s, v in zip(judged, verdicts, strict=True) if v.strip().lower().startswith("yes")]
     else:

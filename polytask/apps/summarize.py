@@ -31,6 +31,7 @@ import numpy as np
 
 from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_multitask
 from polytask.errors import PolytaskError
+from polytask.prompts import SAMSUM_MAX_NEW_TOKENS, SAMSUM_USER
 from polytask.store import ParsedDoc, parse_file
 from polytask.store.parsers import HEADING
 from polytask.text import STOPWORDS, is_fragment, sentence_spans, stems
@@ -278,13 +279,11 @@ def summarize_chat(text: str, lm, source: Source | None = None) -> str:
     2 pm") is written again with the first token of each such word ruled out (a logit bias of
     -100), up to ``CHAT_RETRIES`` times: the model's next-best wording usually says the same from
     the chat's own names, where dropping the sentence would leave little or nothing."""
-    from polytask.tasks.summarize import Samsum
-
     source = source or Source(text)
-    prompt = [{"role": "user", "content": Samsum.user.format(text=text)}]
+    prompt = [{"role": "user", "content": SAMSUM_USER.format(text=text)}]
     banned: dict[int, float] = {}
     for _ in range(CHAT_RETRIES + 1):
-        out = lm.chat(prompt, max_new_tokens=Samsum.max_new_tokens, temperature=0.0, logit_bias=banned or None)
+        out = lm.chat(prompt, max_new_tokens=SAMSUM_MAX_NEW_TOKENS, temperature=0.0, logit_bias=banned or None)
         summary = complete_sentences(PREAMBLE.sub("", out.strip()).strip())
         invented = unsupported_names(summary, source.text, source.anchors)
         if not invented:
@@ -314,7 +313,7 @@ def _split_long(piece: str, chunk_chars: int) -> list[str]:
     return [*out, piece] if piece else out
 
 
-def _groups(pieces: list[str], chunk_chars: int) -> list[str]:
+def group_pieces(pieces: list[str], chunk_chars: int) -> list[str]:
     groups: list[str] = []
     for p in (part for piece in pieces for part in _split_long(piece, chunk_chars)):
         if groups and len(groups[-1]) + len(p) + 2 <= chunk_chars:
@@ -328,14 +327,14 @@ def summarize_text(text_pieces: list[str], lm, instruction: str, max_new_tokens:
                    batch_size: int = 4) -> tuple[str, bool]:
     """The model's summary of whole text, map-reduce until the pieces fit one prompt; returns
     (summary, whether it was hierarchical). Unchecked: ``summarize`` checks it."""
-    groups = _groups(text_pieces, chunk_chars)
+    groups = group_pieces(text_pieces, chunk_chars)
     hierarchical = False
     while len(groups) > 1:
         hierarchical = True
         partial = []
         for b in range(0, len(groups), batch_size):
             partial += _generate(lm, MAP_INSTRUCTION, groups[b : b + batch_size], 80)
-        groups = _groups(partial, chunk_chars)
+        groups = group_pieces(partial, chunk_chars)
     return _generate(lm, instruction, groups, max_new_tokens)[0], hierarchical
 
 

@@ -52,8 +52,9 @@ def _hf(args: argparse.Namespace, precision: str) -> int:
     import torch
 
     from polytask.errors import PolytaskError
+    from polytask.registry import resolve_model_dir
     from polytask.train.checkpoint import load_for_export
-    from polytask.weights import resolve_model_dir, save_pretrained
+    from polytask.weights import save_pretrained
 
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
@@ -69,8 +70,8 @@ def _hf(args: argparse.Namespace, precision: str) -> int:
 
 def _onnx(args: argparse.Namespace, precision: str) -> int:
     from polytask.errors import PolytaskError
-    from polytask.lora import resolve_adapter
     from polytask.onnx_export import build_onnx, hf_source
+    from polytask.registry import resolve_adapter
 
     if args.checkpoint and args.model:
         raise PolytaskError("give --model or --checkpoint, not both")

@@ -30,9 +30,10 @@ def base_of(adapter: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from polytask.adapters import apply_adapter
     from polytask.errors import PolytaskError
-    from polytask.lora import apply_adapter
-    from polytask.weights import load_model, save_pretrained
+    from polytask.registry import load_model
+    from polytask.weights import save_pretrained
 
     adapter, out = Path(args.adapter), Path(args.out)
     if out.resolve() == adapter.resolve():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from polytask.lora import MULTITASK, SHIPPED_DIR, shipped_adapters
 from polytask.model import PRESETS
 from polytask.paths import models_dir
-from polytask.weights import DEFAULT_MODEL, cached_models
+from polytask.registry import DEFAULT_MODEL, MULTITASK, SHIPPED_DIR, cached_models, shipped_adapters
 
 
 def register(sub) -> None:

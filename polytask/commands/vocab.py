@@ -39,9 +39,9 @@ def _split_texts(docs: str, test_fraction: float) -> tuple[list[str], list[str]]
 
 def run(args: argparse.Namespace) -> int:
     from polytask.errors import PolytaskError
+    from polytask.registry import resolve_model_dir
     from polytask.tokenizer import Tokenizer
     from polytask.vocab import find_terms, read_terms, tokens_per_word, with_terms, write_terms
-    from polytask.weights import resolve_model_dir
 
     if args.top < 1 or args.min_count < 1:
         raise PolytaskError("--top and --min-count must be at least 1")
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if args.add_tokens:
         import torch
 
+        from polytask.registry import load_model
         from polytask.vocab import grow_model, save_with_tokenizer
-        from polytask.weights import load_model
 
         model, _ = load_model(model_dir, torch.float32)
         grown = grow_model(model, added)

@@ -1,5 +1,5 @@
 """Who is calling: the bearer API key a request must carry, as a FastAPI dependency (``Key``)
-shared by the OpenAI API (``serve.app``) and the applications' endpoints (``serve.apps_api``)."""
+shared by the OpenAI API (``serve.openai_api``) and the applications' endpoints (``serve.apps_api``)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 from polytask.errors import PolytaskError
+from polytask.prompts import EMAIL_INTENT_USER
 from polytask.tasks.base import Example, Task, open_text, read_json
 from polytask.tasks.metrics import accuracy, binary_f1, normalize_label
 
@@ -127,7 +128,7 @@ class EmailIntent(IntentTask):
     folder = "enron_email_intent"
     options = {}
     system = None
-    user = "Email sentence: {text}\nIs this a request that needs an answer from the recipient? Answer Yes or No."
+    user = EMAIL_INTENT_USER
     FILES = {"train": "train_Ask0729-fixed.tsv", "test": "test_qualifiedBatch-fixed.tsv"}
 
     def source_files(self, split: str) -> list[Path]:

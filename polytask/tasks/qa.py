@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 
 from polytask.errors import PolytaskError
+from polytask.prompts import NO_ANSWER, SQUAD_USER
 from polytask.tasks.base import Example, Task, clip_words, read_json
 from polytask.tasks.metrics import squad_scores
 
@@ -18,7 +19,6 @@ TRAIN_ARTICLES = 38
 
 CONTEXTS = ("paragraph", "sentences", "removed", "other")
 ASK_SENTENCES = 2  # what ``ask`` gives the model by default (polytask.apps.ask, context_sentences)
-NO_ANSWER = "not in the documents"  # the target when the context does not hold the answer
 
 
 class Squad(Task):
@@ -40,9 +40,7 @@ class Squad(Task):
     options = {"max_input_chars": 3000, "context": "paragraph"}
     max_new_tokens = 32
     system = None
-    user = (
-        "Answer the question with a short phrase copied from the passage.\n\nPassage: {context}\n\nQuestion: {question}"
-    )
+    user = SQUAD_USER
 
     def source_files(self, split: str) -> list[Path]:
         return [self.dataset_dir() / "dev-v1.1.reconstructed.json"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from polytask.errors import PolytaskError
+from polytask.prompts import SAMSUM_MAX_NEW_TOKENS, SAMSUM_USER
 from polytask.tasks.base import Example, Task, clip_words, read_json, read_jsonl, require
 from polytask.tasks.metrics import rouge
 
@@ -33,8 +34,8 @@ class Samsum(RougeTask):
     name = "samsum"
     folder = "samsum"
     options = {"max_input_chars": 3000}
-    max_new_tokens = 64
-    user = "Summarize this chat in one or two sentences.\n\n{text}"
+    max_new_tokens = SAMSUM_MAX_NEW_TOKENS
+    user = SAMSUM_USER
     FILES = {"train": "validation.json", "test": "test.json"}
 
     def source_files(self, split: str) -> list[Path]:

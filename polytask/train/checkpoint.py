@@ -26,8 +26,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from polytask.config import LoraConfig
 from polytask.errors import PolytaskError
-from polytask.lora import LoraConfig, apply_lora, merge_lora
+from polytask.lora import apply_lora, merge_lora
 from polytask.model import Llama, ModelConfig, build_model, unwrap
 
 TRAIN_STATE = "train_state.pt"

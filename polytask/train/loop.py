@@ -25,17 +25,19 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from polytask import config as config_mod
+from polytask.adapters import adapter_start_state, save_training_adapter
 from polytask.config import OptimConfig, TrainConfig
 from polytask.data import build_data
 from polytask.errors import PolytaskError
-from polytask.lora import adapter_start_state, apply_lora, initial_lora_state, save_training_adapter
-from polytask.model import Llama, ModelConfig, build_model, preset, training_flops
+from polytask.lora import apply_lora, initial_lora_state
+from polytask.model import Llama, ModelConfig, build_model, preset
+from polytask.registry import adapter_to_continue, resolve_model_dir
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
 from polytask.train.loss import token_cross_entropy
 from polytask.train.optim import LossScaler, build_optimizer, clip_grad_norm, lr_at, set_lr, skip_step
 from polytask.train.parallelize import build_mesh, parallelize
-from polytask.weights import config_from_hf, read_state_dict, resolve_model_dir
+from polytask.weights import config_from_hf, read_state_dict
 
 # Fault injection for the fault-tolerance tests: this rank SIGKILLs itself after that step,
 # on the first attempt of a torchrun job only (so the restarted job can finish).
@@ -237,13 +239,13 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
     loader = build_data(cfg.data, tokenizer, dp_rank, dp_size)
     start_adapter = None
     if cfg.lora.init_from and saved is None:  # a resumed run takes its adapters from the checkpoint
-        start_adapter = adapter_start_state(cfg.lora.init_from, model_cfg, cfg.lora,
+        start_adapter = adapter_start_state(adapter_to_continue(cfg.lora.init_from), model_cfg, cfg.lora,
                                             cfg.model.init_from or cfg.model.preset)
     torch.manual_seed(cfg.optim.seed)
     net = build_model(model_cfg, device="meta")
     if cfg.lora.rank:
         apply_lora(net, cfg.lora)  # before parallelizing: the adapters are sharded with their blocks
-    flops_per_token, flops_per_target = training_flops(net, cfg.data.seq_len)
+    flops_per_token, flops_per_target = peak.training_flops(net, cfg.data.seq_len)
     model = parallelize(net, mesh, cfg.parallel, materializer(cfg, model_cfg, device, start_adapter), device)
     zero1 = cfg.parallel.strategy == "zero1" and dp_size > 1
     optimizer = build_optimizer(model, cfg.optim, dp_group if zero1 else None)

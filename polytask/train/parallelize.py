@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from polytask.config import ParallelConfig
 from polytask.errors import PolytaskError
-from polytask.lora import distribute_lora
+from polytask.lora import LoRALinear
 from polytask.model import Llama
 
 FSDP_STRATEGIES = ("zero2", "zero3")
@@ -82,6 +82,24 @@ def apply_tensor_parallel(model: Llama, tp_mesh: DeviceMesh) -> None:
         # Local outputs hold 1/k of the heads: the attention reshapes by these counts.
         block.self_attn.num_heads //= k
         block.self_attn.num_kv_heads //= k
+
+
+def distribute_lora(block: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """After ``parallelize_module`` put a block's linears under tensor parallelism: shard the adapters
+    that the rowwise style left as plain tensors (it distributes only ``weight`` and ``bias``).
+
+    Rowwise input is sharded on its last dimension: A is sharded by input columns like W, so x A^T
+    is a partial sum like x W^T, and B is replicated. (The colwise style already sharded A and B
+    by rows, as it does every parameter of the module; DTensor keeps either layout exact.)
+    """
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+    for m in block.modules():
+        if isinstance(m, LoRALinear) and isinstance(m.weight, DTensor) and not isinstance(m.lora_A, DTensor):
+            for name, placement in (("lora_A", Shard(1)), ("lora_B", Replicate())):
+                p = getattr(m, name)
+                dt = distribute_tensor(p.detach(), tp_mesh, [placement])
+                m.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
 
 
 def _checkpointed_forward(forward: Callable, *args, **kwargs):

@@ -1,4 +1,5 @@
-"""The machine's matmul peak (FLOP/s), the denominator of MFU.
+"""MFU's two halves: what a training step computes (``training_flops``) and the machine's matmul
+peak (FLOP/s), its denominator.
 
 ``polytask peak`` times a large square matmul in the training dtype and caches the best rate in
 ``$POLYTASK_HOME/peak.json`` under a key naming the device, the dtype and (on CPU) the thread
@@ -14,8 +15,32 @@ import sys
 import time
 
 import torch
+from torch import nn
 
 from polytask.paths import polytask_home
+
+
+def training_flops(model: nn.Module, seq_len: int) -> tuple[float, float]:
+    """What a training step of ``model`` computes: (FLOPs per token, FLOPs per token given logits).
+
+    PaLM's 6N + 12·L·d·T (appendix B) counts the head for every token and a
+    weight gradient for every weight. polytask's steps skip both where they can, and MFU must
+    not count work that is not done: the head runs only where a target is (answers, not
+    prompts), and a frozen weight (the base model under LoRA) gets no gradient. So each matrix
+    costs 2 FLOPs per token forward and 2 for its input's gradient, and 2 more only if it
+    trains. With every token a target and every weight training this is 6N + 12·L·d·T again
+    (less the norms' 1-D weights). ``model``: the unwrapped model, LoRA already applied.
+    """
+    cfg = model.config
+    body = trainable = 0
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or name.startswith(("model.embed_tokens.", "lm_head.")):
+            continue
+        body += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+    head = (6 if model.lm_head.weight.requires_grad else 4) * cfg.vocab_size * cfg.dim
+    return 4 * body + 2 * trainable + attention, head
 
 
 def device_key(device: torch.device, dtype: torch.dtype) -> str:
