@@ -34,6 +34,9 @@ Last line: one JSON object with
   not in the default parts): ``summarize`` on the team's development documents
   (benchmarks/data/summaries), the 250 CNN/DM test articles and 100 SAMSum test chats; see
   ``summaries``.
+- reply_needed_rate, reply_named_rate, reply_invented_rate, reply_template_rate, reply_echo_rate (``--parts
+  replies``, not in the default parts): ``reply`` on the team's own e-mails
+  (benchmarks/data/reply_dev.yaml); see ``replies``.
 - reply_rules_accuracy/f1_email_intent: the reply-needed rules alone (no model) on email_intent
   test sentences (the same subset as ``polytask eval --task email_intent --limit N``).
 
@@ -384,6 +387,52 @@ def summaries(data: Path, work: Path, limit: int | None, lm) -> dict:
             "dev_seconds": dev_s, "cnndm_seconds_per_article": cnndm_s / max(1, len(rows))}
 
 
+def replies(lm) -> dict:
+    """``reply`` (three suggestions: accept, decline, ask for details) on the team's own e-mails
+    (benchmarks/data/reply_dev.yaml, each asking something; for tuning): reply_needed_rate, the
+    share decided to need a reply; of the suggestions, reply_named_rate, those that name something
+    of the request or subject (``mentions``), reply_invented_rate, those that state a date, time,
+    number or name the e-mail lacks (``invented_details``), and reply_template_rate, those that
+    fell back to the plain sentence on the subject; reply_echo_rate, the questions back
+    (ask_details) that only repeat the request (``repeats_request``); reply_seconds, per e-mail."""
+    import yaml
+
+    from polytask.apps.reply import (
+        TEMPLATES,
+        email_text,
+        invented_details,
+        mentions,
+        repeats_request,
+        reply,
+        request_terms,
+        request_topic,
+        requests,
+    )
+
+    emails = yaml.safe_load((REPO / "benchmarks" / "data" / "reply_dev.yaml").read_text(encoding="utf-8"))["emails"]
+    needed, named, invented, template, echo, seconds = [], [], [], [], [], []
+    for e in emails:
+        mail = Email(e["from"], "sam@example.com", e["subject"], "", e["body"], {})
+        t0 = time.perf_counter()
+        r = reply(mail, n=3, lm=lm)
+        seconds.append(time.perf_counter() - t0)
+        needed.append(r.needs_reply)
+        asking = requests(mail, lm)
+        terms, topic = request_terms(asking, mail.subject), request_topic(asking, mail.subject)
+        for x in r.replies:
+            made_up = invented_details(x.text, email_text(mail))
+            named.append(mentions(x.text, terms))
+            invented.append(bool(made_up))
+            template.append(x.text == TEMPLATES[x.intent].format(topic=topic))
+            if x.intent == "ask_details":
+                echo.append(repeats_request(x.text, asking))
+            log(f"replies {e['subject']!r} [{x.intent}] {x.text!r}" + (f" invents {made_up}" if made_up else ""))
+    return {"reply_needed_rate": float(np.mean(needed)), "reply_named_rate": float(np.mean(named)),
+            "reply_invented_rate": float(np.mean(invented)), "reply_template_rate": float(np.mean(template)),
+            "reply_echo_rate": float(np.mean(echo)),
+            "reply_emails": len(emails), "reply_seconds": statistics.median(seconds)}
+
+
 def email_rules(data: Path, limit: int | None) -> dict:
     """The reply-needed rules (no model) on email_intent test sentences: the same subset as
     ``polytask eval --task email_intent --limit N``, to compare with the adapter's figure."""
@@ -543,6 +592,7 @@ def main() -> None:
                  ("samsum", lambda: samsum(data, args.limit and max(1, args.limit // 4), lm)),
                  ("summaries", lambda: summaries(data, work, args.limit, lm)),
                  ("email_rules", lambda: email_rules(data, args.limit)),
+                 ("replies", lambda: replies(lm)),
                  ("agent", lambda: agent(work))]
         chosen = args.parts.split(",")
         unknown = set(chosen) - {n for n, _ in parts}

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from polytask.apps.reply import mentions, needs_reply, reply, request_terms, request_topic
+from polytask.apps.reply import (
+    email_text,
+    invented_details,
+    mentions,
+    needs_reply,
+    repeats_request,
+    reply,
+    request_terms,
+    request_topic,
+    requests,
+)
 from polytask.cli import main
 from polytask.errors import PolytaskError
 from polytask.store import Email, read_email
@@ -118,15 +128,38 @@ def test_request_terms_and_topic():
         "the overdue invoice INV-2291"
     assert request_topic(["Could you check when the delivery will arrive?"], "Where is our toner?") == "the delivery"
     assert request_topic([], "") == "your request"
+    assert request_topic([], "Ticket 88213: more details needed") == "the ticket 88213"
 
 
 @pytest.mark.parametrize("name", sorted(ASKING))
 def test_replies_name_what_the_email_asks(name, app_lm):
-    r = reply(_asking(name), n=3, lm=app_lm)
+    mail = _asking(name)
+    r = reply(mail, n=3, lm=app_lm)
     assert r.needs_reply and [x.intent for x in r.replies] == ["accept", "decline", "ask_details"]
     words = ASKING[name][3]
     assert [x.text for x in r.replies if not _names_one(x.text, words)] == []
+    # ... and states no date, time, number or name the e-mail does not have
+    assert [x.text for x in r.replies if invented_details(x.text, email_text(mail))] == []
+    # ... and the question back asks about a detail, not the request again
+    assert not repeats_request(r.replies[2].text, requests(mail, app_lm)), r.replies[2].text
     assert all(1 <= len(sentence_spans(x.text)) <= 3 and len(x.text.split()) <= 30 for x in r.replies)
+
+
+def test_invented_details():
+    """What a reply must not state: a date, time, number or name the e-mail lacks. The reply's own
+    words that open its sentences ("Unfortunately") and "I" are no names."""
+    mail = email_text(_asking("meeting"))
+    assert invented_details("Yes, see you tomorrow afternoon at 3 pm, and John will come too.", mail) == \
+        ["tomorrow", "3 pm", "John"]
+    assert invented_details("Unfortunately, I can't join the workshop on Wednesday 3 June at 11 am. I'm sorry, Tom.",
+                            mail) == []
+    assert invented_details("Yes, I'll bring the 4 prototypes.", mail) == ["4"]
+
+
+def test_repeats_request():
+    asking = ["Could you join a one-hour review on Tuesday at 2 pm in room 4B?"]
+    assert repeats_request("Before I confirm, could you please join a one-hour review on Tuesday at 2 pm?", asking)
+    assert not repeats_request("Before I confirm, could you tell me how long the review will take?", asking)
 
 
 def test_a_reply_that_names_nothing_falls_back_to_the_request(tiny_dir):

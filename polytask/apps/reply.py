@@ -11,8 +11,12 @@ me know"). The deciding sentence is returned.
 The n suggestions differ in intent, not wording: each is generated with its own instruction
 (accept, decline, ask for details, ...) and with the sentences that ask something quoted in the
 prompt, so that it answers them. A suggestion must name something the request or the subject
-line names (a content word, a date, a number: ``request_terms``); one that does not is
-sampled again, and if that fails too it becomes a plain sentence built from the subject
+line names (a content word, a date, a number: ``request_terms``); one that does not is sampled
+again. It must not state a date, time, number or name that the e-mail does not have
+(``invented_details``: "see you tomorrow afternoon" to a request for Tuesday at 2 pm): such a
+reply is written again with the invented words ruled out (a logit bias of -100 on their first
+token). When the retries fail too, or when the question back ("ask_details") only repeats the
+request (``repeats_request``), it becomes a plain sentence built from the subject
 (``TEMPLATES``). Each is one to three sentences, clipped to about 30 words.
 """
 
@@ -21,9 +25,11 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 
 from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_multitask
+from polytask.apps.summarize import unsupported_names
 from polytask.errors import PolytaskError
 from polytask.prompts import EMAIL_INTENT_USER
 from polytask.store import Email, read_email
@@ -50,8 +56,9 @@ TEMPLATES = {
 }
 MAX_WORDS = 30
 MAX_REPLY_SENTENCES = 3
-RETRIES = 2  # samplings of a reply that names nothing of the request, before the template
+RETRIES = 2  # tries after the first of a reply that names nothing of the request or invents, before the template
 MAX_REQUESTS = 3  # request sentences quoted in the prompt
+ECHO = 0.6  # repeats_request: the share of words in order above which a question back repeats the request
 NO_REQUEST = "no question or request for the reader (an update or a thank-you)"
 MAX_SENTENCES = 40  # of the new text judged for a request (a long e-mail's request comes early)
 AUTOMATED_SENDER = re.compile(r"no-?reply|do-?not-?reply|mailer-daemon|notifications?@|newsletter", re.I)
@@ -64,7 +71,7 @@ _MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|
           r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
 # Dates and times as e-mails write them: "Tuesday", "14 May", "May 14th", "2 pm", "10:30", "tomorrow".
 DATE = re.compile(
-    rf"\b(?:(?:mon|tues|wednes|thurs|fri|satur|sun)day|today|tomorrow|tonight|(?:next|this) (?:week|month)"
+    rf"\b(?:(?:mon|tues|wednes|thurs|fri|satur|sun)day|today|tomorrow|tonight|yesterday|(?:next|this) (?:week|month)"
     rf"|end of (?:the )?(?:day|week|month)|\d{{1,2}}(?::\d{{2}})? ?(?:am|pm)|\d{{1,2}}:\d{{2}}"
     rf"|\d{{1,2}}(?:st|nd|rd|th)? (?:of )?{_MONTH}|{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?)\b", re.I)
 # A subject line that is a question ("Where is our toner?") is no noun phrase to build a sentence on.
@@ -180,25 +187,64 @@ def reply(
     topic = request_topic(asking, mail.subject)
     prompts = [_prompt(lm, mail, asking, topic, how) + opening for _, how, opening in intents]
     terms = request_terms(asking, mail.subject)
+    source = email_text(mail)
     texts: list[str | None] = [None] * n
+    banned: list[dict[int, float]] = [{} for _ in range(n)]
+    first = lm.complete(prompts, raw=True, max_new_tokens=48, repetition_penalty=1.1, temperature=0.0)
     for attempt in range(1 + RETRIES):
-        todo = [i for i in range(n) if texts[i] is None]
-        if not todo:
-            break
-        # Greedy first; a reply that names nothing of the request is sampled again (seeded: the
-        # same e-mail gets the same suggestions).
-        sampling = {"temperature": 0.0} if attempt == 0 else {"temperature": 0.8, "top_p": 0.9, "seed": attempt}
-        done = lm.complete([prompts[i] for i in todo], raw=True, max_new_tokens=48, repetition_penalty=1.1,
-                           **sampling)
-        for i, c in zip(todo, done, strict=True):
-            text = _shorten(_clean(intents[i][2] + lm.tokenizer.decode(c.tokens)))
-            if mentions(text, terms) or not asking:  # with no request there is nothing to name
+        for i in range(n):
+            if texts[i] is not None:
+                continue
+            if attempt == 0:
+                tokens = first[i].tokens
+            else:
+                # A reply that invented a detail is written again, greedy, with the first token of
+                # each invented word ruled out; one that names nothing of the request is sampled
+                # again (seeded: the same e-mail gets the same suggestions).
+                sampling = {"temperature": 0.0} if banned[i] else {"temperature": 0.8, "top_p": 0.9, "seed": attempt}
+                tokens = lm.complete([prompts[i]], raw=True, max_new_tokens=48, repetition_penalty=1.1,
+                                     logit_bias=banned[i] or None, **sampling)[0].tokens
+            text = _shorten(_clean(intents[i][2] + lm.tokenizer.decode(tokens)))
+            made_up = invented_details(text, source)
+            if intents[i][0] == "ask_details" and repeats_request(text, asking):
+                # The model's next tries at a question of its own drift off the e-mail (sampled on the
+                # team's e-mails: "could you join an e-mail for a month or two?"): the plain question
+                # about the subject instead.
+                log.debug("reply %r (try %d) asks the request back: %r", intents[i][0], attempt + 1, text)
+                texts[i] = TEMPLATES["ask_details"].format(topic=topic)
+            elif made_up:
+                log.debug("reply %r (try %d) invents %s: %r", intents[i][0], attempt + 1, made_up, text)
+                banned[i] |= {ids[0]: -100.0 for word in made_up
+                              for ids in (lm.tokenizer.encode(word), lm.tokenizer.encode(" " + word)) if ids}
+            elif mentions(text, terms) or not asking:  # with no request there is nothing to name
                 texts[i] = text
             else:
                 log.debug("reply %r (try %d) names nothing of the request: %r", intents[i][0], attempt + 1, text)
     out.replies = [Reply(intent, text or TEMPLATES[intent].format(topic=topic))
                    for (intent, _, _), text in zip(intents, texts, strict=True)]
     return out
+
+
+def repeats_request(reply: str, asking: list[str]) -> bool:
+    """Whether a question back is the e-mail's own request in other words ("Before I confirm, could
+    you join a one-hour review on Tuesday?" to "Could you join a one-hour review on Tuesday?"):
+    most of its words, in order, are a request sentence's (``ECHO`` of difflib's ratio)."""
+    words = [w for w in re.findall(r"[\w'-]+", reply.lower()) if w not in FUNCTION_WORDS]
+    return any(SequenceMatcher(None, words, [w for w in re.findall(r"[\w'-]+", s.lower())
+                                             if w not in FUNCTION_WORDS]).ratio() >= ECHO for s in asking)
+
+
+def email_text(mail: Email) -> str:
+    """What a reply may draw on: the e-mail's subject, sender and new text."""
+    return f"{mail.subject}\n{mail.sender}\n{strip_quoted(mail.body)}"
+
+
+def invented_details(reply: str, source: str) -> list[str]:
+    """The dates, times, numbers and names of ``reply`` that ``source`` (``email_text``) lacks: a
+    suggestion must not promise "tomorrow afternoon" to a request for Tuesday at 2 pm."""
+    low = source.lower()
+    dates = [m.group() for m in DATE.finditer(reply) if m.group().lower() not in low]
+    return dates + [w for w in unsupported_names(reply, source, own_words=True) if not any(w in d for d in dates)]
 
 
 def _prompt(lm, mail: Email, asking: list[str], topic: str, how: str) -> str:
@@ -254,7 +300,10 @@ def request_topic(asking: list[str], subject: str) -> str:
     invoice INV-2291"), or when that is a question the request's first noun phrase ("the
     delivery"), with the request's date when the phrase has none."""
     topic = re.sub(r"^(?:(?:re|fwd?|aw)\s*:\s*)+", "", subject.strip(), flags=re.I).strip(" ?!.")
-    topic = topic.rsplit(":", 1)[-1].strip()  # "Payment reminder: invoice 7730" -> "invoice 7730"
+    # "Payment reminder: invoice 7730" -> "invoice 7730", but "Ticket 88213: more details needed" ->
+    # "Ticket 88213": the part that names the thing by its number.
+    head, _, tail = topic.rpartition(":")
+    topic = head.strip() if head and not re.search(r"\d", tail) and re.search(r"\d", head) else tail.strip()
     if not topic or QUESTION_START.match(topic):
         phrase = NOUN_PHRASE.search(asking[0]) if asking else None
         if phrase is None:

@@ -102,18 +102,23 @@ def summary_anchors(summary: str) -> list[tuple[str, bool]]:
     return out
 
 
-def unsupported_names(summary: str, source: str, anchors: tuple[set[str], set[str]] | None = None) -> list[str]:
+def unsupported_names(summary: str, source: str, anchors: tuple[set[str], set[str]] | None = None,
+                      own_words: bool = False) -> list[str]:
     """The numbers and capitalized names of ``summary`` that do not occur in ``source``.
 
     Letters are compared without their case (a source may write "netflix"); a function word
     that merely starts a sentence ("They", "This") is not a name; a name of several words is
-    also found by its initials ("NY" for "New York")."""
+    also found by its initials ("NY" for "New York"). ``own_words``: a text that speaks for
+    itself, such as a reply ("Unfortunately, I ..."): no word that starts a sentence, and no
+    "I", is taken for a name (numbers still are)."""
     numbers, lower = anchors or source_anchors(source)
     spelled_out = {_bare(w) for m in NAME_RUN.findall(summary) if _initials(m) in lower for w in m.split()}
     bad = []
     for tok, starts in summary_anchors(summary):
         if NUMBER.fullmatch(tok):
             ok = _number(tok) in numbers
+        elif own_words and (starts or re.fullmatch(r"I(?:['’]\w+)?", tok)):
+            ok = True
         else:  # a name; one with digits in it ("A-0", "F16") is checked as written
             ok = tok.lower() in lower or (starts and tok.lower() in STOPWORDS) or tok in spelled_out
         if not ok:
