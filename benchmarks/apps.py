@@ -64,12 +64,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from polytask.apps.ask import WINDOWS, Answer, Candidate, ask, candidates, decide  # noqa: E402
-from polytask.apps.common import clip_words, get_lm, uses_multitask  # noqa: E402
+from polytask.apps.common import clip_words, uses_multitask  # noqa: E402
 from polytask.apps.intents import OUT_OF_SCOPE, IntentClassifier  # noqa: E402
 from polytask.apps.reply import needs_reply  # noqa: E402
 from polytask.apps.summarize import LENGTHS, summarize_chat, summarize_text  # noqa: E402
 from polytask.data.tokenize import select_examples  # noqa: E402
 from polytask.embed import get_embedder  # noqa: E402
+from polytask.runtime import LM  # noqa: E402
 from polytask.store import DocStore, Email  # noqa: E402
 from polytask.tasks import get_task  # noqa: E402
 from polytask.tasks.metrics import calibration, rouge, squad_scores  # noqa: E402
@@ -559,6 +560,9 @@ def main() -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--adapter", default="auto", help="as the applications' --adapter (default auto: the shipped "
                    "multi-task adapter on the default model); none for the base model")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="as the commands' (default torch)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8", "int4"], default=None,
+                   help="as the commands' (default fp32)")
     p.add_argument("--parts", default="latency,clinc150,banking77,squad,samsum,email_rules",
                    help="comma-separated parts to run (default: all)")
     p.add_argument("--squad-articles", choices=["test", "train", "heldout"], default="test",
@@ -575,7 +579,7 @@ def main() -> None:
     data = Path(args.data)
     if not (data / "squad").is_dir():
         sys.exit(f"benchmarks/apps.py: no datasets under {data}; pass --data")
-    lm = get_lm(None, args.model, args.adapter)
+    lm = LM.load(args.model, adapter=args.adapter, backend=args.backend, precision=args.precision)
     get_embedder()
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
