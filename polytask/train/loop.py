@@ -15,7 +15,6 @@ import json
 import math
 import os
 import resource
-import signal
 import time
 from pathlib import Path
 
@@ -34,14 +33,11 @@ from polytask.model import Llama, ModelConfig, build_model, preset
 from polytask.registry import adapter_to_continue, resolve_model_dir
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
+from polytask.train.faults import KillAfterStep
 from polytask.train.loss import token_cross_entropy
-from polytask.train.optim import LossScaler, build_optimizer, clip_grad_norm, lr_at, set_lr, skip_step
+from polytask.train.optim import LossScaler, build_optimizer, clip_grad_norm, lr_at, optimizer_step, set_lr
 from polytask.train.parallelize import build_mesh, parallelize
 from polytask.weights import config_from_hf, read_state_dict
-
-# Fault injection for the fault-tolerance tests: this rank SIGKILLs itself after that step,
-# on the first attempt of a torchrun job only (so the restarted job can finish).
-FAULT_STEP_ENV, FAULT_RANK_ENV = "POLYTASK_FAULT_STEP", "POLYTASK_FAULT_RANK"
 
 
 def init_distributed(device_pref: str) -> torch.device:
@@ -196,10 +192,12 @@ class MetricsWriter:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments: list[str] = ()) -> dict:
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments: list[str] = (),
+          fault: KillAfterStep | None = None) -> dict:
     """Run (or continue) a training job; returns the last logged metrics (rank 0; {} elsewhere).
 
     ``config_comments`` go on top of the resolved config.toml (e.g. what each DeepSpeed key became).
+    ``fault``: the fault-tolerance tests' injected crash, called after every step.
     """
     device = init_distributed(cfg.parallel.device)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -292,9 +290,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
     tokens_per_step = seq_len * micro_batch * accum * dp_size
     train_dtype = compute_dtype or torch.float32
     peak_flops = cfg.metrics.peak_flops or peak.cached(device, train_dtype)
-    fault_step = int(os.environ.get(FAULT_STEP_ENV, 0))
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
-        fault_step = 0
 
     metrics = MetricsWriter(run_dir, cfg.metrics.tensorboard, start_step if resume else -1) if rank == 0 else None
     bar = None
@@ -340,15 +335,15 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
             task_loss.index_add_(0, ids, ce)
             task_count.index_add_(0, ids, torch.ones_like(ce))
         target_sum += count
-        grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm, optimizer, loss_scale)
+        clip = clip_grad_norm(params, cfg.optim.max_grad_norm, optimizer, loss_scale)
+        grad_norm = clip.norm
         lr = lr_at(step - skipped, cfg.optim)
         overflow = scaler is not None and not math.isfinite(grad_norm.item())  # the same on every rank
         if overflow:
             skipped += 1  # no update; the schedule stays where it is
-            skip_step(optimizer)
         else:
             set_lr(optimizer, lr)
-            optimizer.step()
+            optimizer_step(optimizer, clip)
         if scaler is not None:
             scaler.update(overflow)
         done = step + 1
@@ -404,8 +399,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
             save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size,
                             config_text, schedule)
             t_last += time.perf_counter() - t_save  # tokens/s and MFU measure training, not saving
-        if done == fault_step and rank == int(os.environ.get(FAULT_RANK_ENV, 0)):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if fault is not None:
+            fault.after_step(done, rank)
 
     if bar is not None:
         bar.close()
