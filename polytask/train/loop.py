@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import resource
@@ -38,6 +39,8 @@ from polytask.train.loss import token_cross_entropy
 from polytask.train.optim import LossScaler, build_optimizer, clip_grad_norm, lr_at, optimizer_step, set_lr
 from polytask.train.parallelize import build_mesh, parallelize
 from polytask.weights import config_from_hf, read_state_dict
+
+log = logging.getLogger(__name__)
 
 
 def init_distributed(device_pref: str) -> torch.device:
@@ -152,9 +155,9 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def _rank0_print(msg: str) -> None:
+def _rank0_info(msg: str) -> None:
     if dist.get_rank() == 0:
-        print(msg, flush=True)
+        log.info(msg)
 
 
 class MetricsWriter:
@@ -219,7 +222,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
                 f"set --optim.steps above {saved['step']} to train further (nothing was changed)"
             )
         if saved["step"] == cfg.optim.steps:
-            _rank0_print(
+            _rank0_info(
                 f"polytask train: {run_dir} is complete (step {saved['step']} of {cfg.optim.steps}); "
                 f"set --optim.steps higher to train further"
             )
@@ -264,7 +267,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
         loader.load_state_dict(saved["loader"])
         if saved["world_size"] == world:
             torch.set_rng_state(saved["rng"][rank])
-        _rank0_print(f"polytask train: resumed from {resume_from} at step {start_step}")
+        _rank0_info(f"polytask train: resumed from {resume_from} at step {start_step}")
         _note_schedule_change(saved, cfg)  # once the resume is sure to go on
     config_text = config_mod.to_toml(cfg, config_comments)
     # Written once everything above is checked and loaded: a start that fails leaves the folder
@@ -298,11 +301,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
 
         bar = tqdm(total=cfg.optim.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     if rank == 0 and peak_flops is None:
-        print(
-            f"polytask train: no matmul peak for {peak.device_key(device, train_dtype)}; run `polytask peak` "
-            f"(same threads/dtype) or set metrics.peak_flops to get MFU",
-            flush=True,
-        )
+        log.info(f"polytask train: no matmul peak for {peak.device_key(device, train_dtype)}; run `polytask peak` "
+                 f"(same threads/dtype) or set metrics.peak_flops to get MFU")
 
     # Accumulated between log steps, on the device (no host sync in the hot path).
     loss_sum = torch.zeros((), device=device)
@@ -423,7 +423,7 @@ def _note_schedule_change(saved: dict, cfg: TrainConfig) -> None:
     old = OptimConfig(**{k: v for k, v in before.items() if k in OptimConfig.__dataclass_fields__})
     step, taken = saved["step"], saved["step"] - saved["scheduler"].get("skipped", 0)  # taken: not skipped (fp16)
     what = ", ".join(f"optim.{k} {before[k]} -> {getattr(cfg.optim, k)}" for k in changed)
-    _rank0_print(
+    _rank0_info(
         f"polytask train: {what}: the {cfg.optim.schedule} schedule is recomputed; the learning rate of "
         f"step {step + 1} is {lr_at(taken, cfg.optim):.3g} (it was {lr_at(taken - 1, old):.3g} at step {step})"
     )
