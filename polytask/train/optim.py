@@ -35,7 +35,8 @@ def build_optimizer(
     model: nn.Module, cfg: OptimConfig, zero1_group: dist.ProcessGroup | None = None
 ) -> torch.optim.Optimizer:
     """AdamW; with ``zero1_group`` its state is partitioned across that group's ranks (ZeRO-1)."""
-    # fused: one kernel over all parameters; on CPU ~6x faster than foreach, on GPU the default choice.
+    # fused: one kernel over all parameters, much faster than foreach on CPU (BENCHMARKS.md, the
+    # training step), and the default choice on GPU.
     kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps, "fused": True}
     groups = param_groups(model, cfg.weight_decay)
     if zero1_group is None:
