@@ -42,7 +42,7 @@ from polytask.config import OptimConfig, ParallelConfig
 from polytask.model import build_model, preset
 from polytask.train import peak
 from polytask.train.loss import token_cross_entropy
-from polytask.train.optim import build_optimizer, clip_grad_norm
+from polytask.train.optim import build_optimizer, clip_grad_norm, optimizer_step
 from polytask.train.parallelize import build_mesh, parallelize
 from polytask.train.planner import model_state
 
@@ -78,8 +78,7 @@ def polytask_setup(name: str, compile_blocks: bool, dtype: torch.dtype):
             logits = model(tokens, keep=keep)
         ce = token_cross_entropy(logits.float(), targets[keep], overwrite=True)
         (ce.sum() / keep.sum()).backward()
-        clip_grad_norm(params, 1.0, optimizer)
-        optimizer.step()
+        optimizer_step(optimizer, clip_grad_norm(params, 1.0, optimizer))
         optimizer.zero_grad(set_to_none=True)
 
     return step

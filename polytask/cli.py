@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 
@@ -27,7 +28,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ConsoleHandler(logging.Handler):
+    """What a person sees of the library's log: each record's message as one line. The training
+    loop's reports go to stdout with the run's other output, everything else to stderr; the stream
+    is looked up at each record, so a redirected ``sys.stdout`` is honoured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            to_stdout = record.name.startswith("polytask.train.") and record.levelno < logging.WARNING
+            stream = sys.stdout if to_stdout else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging() -> None:
+    """INFO and above of the ``polytask`` loggers, shown by one ``ConsoleHandler`` (once per process)."""
+    logger = logging.getLogger("polytask")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(ConsoleHandler())
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

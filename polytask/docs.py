@@ -24,10 +24,10 @@ splits unless it changes the cut.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,8 @@ import numpy as np
 
 from polytask.errors import PolytaskError
 from polytask.store.parsers import MAX_FILE_BYTES, SUFFIX_KIND, parse_file
+
+log = logging.getLogger(__name__)
 
 SHINGLE_WORDS = 5
 NUM_PERM = 128
@@ -84,7 +86,7 @@ def _main_process() -> bool:
 
 def warn(message: str) -> None:
     if _main_process():
-        print(f"polytask: {message}", file=sys.stderr, flush=True)
+        log.warning("polytask: %s", message)
 
 
 def read_documents(root: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Corpus:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from pathlib import Path
 
 import torch
@@ -20,6 +20,8 @@ from torch import nn
 from polytask.errors import PolytaskError
 from polytask.lora import unsharded
 from polytask.model import ModelConfig, unwrap
+
+log = logging.getLogger(__name__)
 
 # The fields that decide whether weights fit and mean the same thing (max_seq_len does not).
 ARCH_FIELDS = ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "head_dim",
@@ -61,9 +63,6 @@ def check_base(base: dict | None, ours: dict, adapter_dir: Path, model_dir: str 
     for key in ("final_norm_sum", "final_norm_abs_sum"):
         a, b = base.get(key), ours[key]
         if a is not None and b is not None and abs(a - b) > 1e-2 * max(1.0, abs(a)):
-            print(
-                f"polytask: warning: {adapter_dir} was trained on other weights of this architecture "
-                f"(final norm differs from {model_dir}); results may be poor",
-                file=sys.stderr,
-            )
+            log.warning("polytask: warning: %s was trained on other weights of this architecture "
+                        "(final norm differs from %s); results may be poor", adapter_dir, model_dir)
             return

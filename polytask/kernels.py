@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 class RMSNormFP32(torch.autograd.Function):
     """RMSNorm with its backward written out: five passes over the activations where autograd's
-    decomposition of ``F.rms_norm`` takes about ten (forward and backward of 512 x 576 on one
-    core: 1.6-2.1 ms instead of 2.7-3.3 ms)."""
+    decomposition of ``F.rms_norm`` takes about ten (BENCHMARKS.md, "Kernels")."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -57,8 +56,8 @@ class HeadWeight(torch.autograd.Function):
     (vocab, dim) gradient to ``TiedLookup`` instead of to autograd.
 
     Autograd adds the two gradients of a weight used twice out of place when the later one is
-    sparse: a fresh vocab x dim buffer and a full copy every step (55-170 ms of a 4.7 s
-    SmolLM2-135M step on one core). The lookup's backward adds its rows into this one in place.
+    sparse: a fresh vocab x dim buffer and a full copy every step (BENCHMARKS.md, "Kernels").
+    The lookup's backward adds its rows into this one in place.
     """
 
     @staticmethod
@@ -100,8 +99,8 @@ class TiedLookup(torch.autograd.Function):
 
 
 # Up to this many keys, bf16 training on CPU runs attention in fp32: PyTorch's CPU flash-attention
-# backward is slower in bf16 than in fp32 there (forward + backward of one SmolLM2-135M layer,
-# batch 4, one thread: 128 tokens 18 ms vs 9 ms, 256 tokens 29 vs 26; 384 tokens 69 vs 75).
+# backward is slower in bf16 than in fp32 for short sequences, and no slower in fp32 up to about
+# this length (BENCHMARKS.md, "Kernels").
 FP32_ATTENTION_MAX_KEYS = 256
 
 
@@ -126,9 +125,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
     q (batch, heads, 1, head_dim), k/v (batch, kv_heads, keys, head_dim), mask None or
     (batch, 1, 1, keys) bool. The query heads that share a key/value head are stacked as rows of
-    one matmul (grouped-query attention without repeating the cache). On these CPU cores, at
-    batch 8, it took 98 / 159 us against SDPA's flash kernel's 216 / 239 us for 130 / 256 keys:
-    the flash kernel's tiling pays off only for long queries.
+    one matmul (grouped-query attention without repeating the cache). For one query per row it
+    beats SDPA's flash kernel on CPU, whose tiling pays off only for long queries
+    (BENCHMARKS.md, "Kernels").
     """
     b, h, _, d = q.shape
     kv, keys = k.shape[1], k.shape[2]

@@ -16,8 +16,8 @@ from polytask.model import ModelConfig
 class KVCache:
     """Preallocated keys and values for every layer: (layers, batch, kv_heads, max_len, head_dim).
 
-    ``lengths`` is how many positions each row holds; rows may be left-padded (``pad``), in which
-    case those slots are masked out. Written in place, never reallocated while decoding.
+    Every row is at the same position ``pos``: the engine left-pads a batch of prompts of different
+    lengths and masks the pad slots. Written in place, never reallocated while decoding.
     """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device=None) -> None:

@@ -291,22 +291,17 @@ class Llama(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        targets: torch.Tensor | None = None,
         cache: Cache | None = None,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
         keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tokens: (batch, seq) ids.
-
-        - ``targets`` given: returns the summed cross-entropy over positions whose target is not
-          -100, as a 0-d tensor (the caller divides by the global count of target tokens, so that
-          gradient accumulation and data parallelism give exactly the same gradient).
-        - otherwise: returns logits (batch, seq, vocab), or (batch, 1, vocab) with ``last_only``, or
-          (n, vocab) for the n True positions of ``keep`` (bool, (batch, seq)): training where the
-          loss is on answers only needs no logits elsewhere, and the head is a fifth of the model's
-          FLOPs (SmolLM2-135M), its softmax over 49,152 words more.
+        """tokens: (batch, seq) ids -> logits (batch, seq, vocab), or (batch, 1, vocab) with
+        ``last_only``, or (n, vocab) for the n True positions of ``keep`` (bool, (batch, seq)):
+        training where the loss is on answers only needs no logits elsewhere, and the head is a
+        fifth of the model's FLOPs (SmolLM2-135M), its softmax over 49,152 words more. The loss is
+        the training loop's (``polytask.train.loss``).
         ``positions`` (batch or 1, seq) and ``mask`` (batch, 1, seq, kv_len, bool: True = attend)
         serve padded batches and the KV cache.
         """
@@ -338,11 +333,6 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(t)
         h = self.model.norm(h)
-        if targets is not None:
-            logits = self._head(h, link).float()
-            return F.cross_entropy(
-                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
-            )
         if last_only:
             h = h[:, -1:]
         elif keep is not None:

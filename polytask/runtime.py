@@ -201,11 +201,10 @@ def keep_freed_memory() -> bool:
 
     PyTorch's CPU tensors come straight from malloc. By default glibc serves blocks above a
     (dynamic) threshold with fresh mmap pages and trims the heap back on free, so each forward pass
-    page-faults its activations in again: ~170k faults (~650 MB) per 8 x 128-token prefill of the
-    embedded model. With blocks up to 32 MB served from the heap and the heap kept, the same prefill
-    page-faults 13k times and ran in 1.0-1.2 s instead of 1.4-1.7 s. Process-wide and for the
-    rest of the process, and every malloc arena may then keep up to 1 GB of freed memory, so
-    only the commands that generate in their own short-lived process call it (generate, chat,
+    page-faults its activations in again. With blocks up to 32 MB served from the heap and the heap
+    kept, a prefill reuses that memory instead (BENCHMARKS.md: the faults and times). Process-wide
+    and for the rest of the process, and every malloc arena may then keep up to 1 GB of freed
+    memory, so only the commands that generate in their own short-lived process call it (generate, chat,
     demo, eval), not the multi-threaded server or training (whose steps showed no gain).
     Returns False where the C library is not glibc.
     """

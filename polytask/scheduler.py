@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from polytask.engine import Completion, Engine, SamplingParams, Sequence, SlotBatch
@@ -209,11 +209,6 @@ class Scheduler:
     def score(self, prompt: list[int], continuation: list[int]) -> float:
         with self.model_lock:
             return self.engine.score(prompt, continuation)
-
-    def run_exclusive(self, fn: Callable):
-        """Run ``fn()`` with the model to itself, between two steps."""
-        with self.model_lock:
-            return fn()
 
     # ---------------------------------------------------------------------------------------------
     # state for /metrics

@@ -208,3 +208,22 @@ def test_chat_ctrl_c_stops_the_answer_and_a_second_at_the_prompt_quits(default_d
         proc.kill()
         os.close(master)
     assert b"Traceback" not in err() and b"interrupted" not in err()
+
+
+def test_cli_shows_the_librarys_log_lines(capsys):
+    """Library code logs; the CLI shows each line as it was printed before: the training loop's
+    reports on stdout, every other line (conversions, skipped files, warnings) on stderr, once."""
+    import logging
+
+    from polytask.cli import configure_logging
+
+    configure_logging()
+    configure_logging()  # a second main() in one process adds no second handler
+    logging.getLogger("polytask.docs").warning("polytask: skipped notes.bin: binary")
+    logging.getLogger("polytask.registry").info("polytask: converting model.gguf into /x (once)")
+    logging.getLogger("polytask.train.loop").info("polytask train: resumed from /r at step 10")
+    logging.getLogger("polytask.train.peak").warning("polytask: warning: /p is not a peak table")
+    out, err = capsys.readouterr()
+    assert out == "polytask train: resumed from /r at step 10\n"
+    assert err == ("polytask: skipped notes.bin: binary\npolytask: converting model.gguf into /x (once)\n"
+                   "polytask: warning: /p is not a peak table\n")

@@ -107,7 +107,7 @@ def test_decay_groups():
 def test_clipping_left_to_the_fused_step_gives_the_same_update():
     import torch
 
-    from polytask.train.optim import clip_grad_norm
+    from polytask.train.optim import clip_grad_norm, optimizer_step
 
     torch.manual_seed(0)
     start = [torch.randn(7, 5), torch.randn(5)]
@@ -119,10 +119,12 @@ def test_clipping_left_to_the_fused_step_gives_the_same_update():
         for step in range(3):
             for p, g in zip(params, grads, strict=True):
                 p.grad = g * (step + 1) ** 2  # Adam ignores a constant scale: vary it
-            norm = clip_grad_norm(params, max_norm, opt)
-            # the fused step divides by grad_scale; otherwise the gradients were scaled in place
-            assert (getattr(opt, "grad_scale", None) is not None) == (fused and max_norm > 0)
-            opt.step()
+            clip = clip_grad_norm(params, max_norm, opt)
+            # the fused step divides by the clip's scale; otherwise the gradients were scaled in place
+            assert (clip.step_scale is not None) == (fused and max_norm > 0)
+            optimizer_step(opt, clip)
+            assert getattr(opt, "grad_scale", None) is None  # set for that one step only
+            norm = clip.norm
         results.append([p.detach() for p in params])
         assert norm.item() == pytest.approx(9 * torch.cat([g.flatten() for g in grads]).norm().item(), rel=1e-6)
     for a, b in zip(results[0], results[1], strict=True):  # clipped: in place == in the fused step
@@ -284,7 +286,7 @@ def test_tensorboard_without_the_package(tmp_path, capsys):
     assert not run_dir.exists()
 
 
-def test_peak_is_measured_and_cached(tmp_path, monkeypatch, capsys):
+def test_peak_is_measured_and_cached(tmp_path, monkeypatch, capsys, caplog):
     import torch
 
     from polytask.train import peak
@@ -304,6 +306,6 @@ def test_peak_is_measured_and_cached(tmp_path, monkeypatch, capsys):
 
     (tmp_path / "peak.json").write_text('{"cpu-thr')  # cut short
     assert peak.cached(torch.device("cpu"), torch.float32) is None  # training goes on without MFU
-    assert "is not a peak table; ignoring it" in capsys.readouterr().err
+    assert "is not a peak table; ignoring it" in caplog.text
     assert main(["peak", "--device", "cpu", "--size", "128", "--seconds", "0.2"]) == 0
     assert peak.cached(torch.device("cpu"), torch.float32) > 0

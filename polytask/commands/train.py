@@ -76,12 +76,13 @@ def run_config(args: argparse.Namespace, cfg: TrainConfig, record: list[str]) ->
     run_dir = Path(args.run_dir or Path("runs") / (Path(named).stem if named else "default"))
     import torch.distributed as dist
 
+    from polytask.train.faults import KillAfterStep
     from polytask.train.loop import train
 
     # torchrun restarts failed workers with the same arguments: a restart always resumes.
     resume = args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
     try:
-        last = train(cfg, run_dir, resume=resume, config_comments=record)
+        last = train(cfg, run_dir, resume=resume, config_comments=record, fault=KillAfterStep.from_env())
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from polytask.tasks.base import FILE_DIGESTS, Example, Task
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 END_OF_TURN = "<|im_end|>"
@@ -117,7 +119,7 @@ def cached_tokenize(
                 return TokenizedExamples(z["tokens"], z["offsets"], z["prompt_lens"])
     if os.environ.get("RANK", "0") == "0":  # reading can take minutes (squad's sentence contexts embed every sentence)
         where = f"; cached in {cache_dir}" if cache_dir is not None else ""
-        print(f"polytask: reading and tokenizing task {task.name} ({split}){where}", file=sys.stderr, flush=True)
+        log.info("polytask: reading and tokenizing task %s (%s)%s", task.name, split, where)
     examples = select_examples(task.read(split), max_examples)
     tok = tokenize_examples(tokenizer, task, examples)
     if path is not None:

@@ -26,9 +26,9 @@ class Squad(Task):
     sentences of the question's article, like what ``ask`` shows the model: the two that rank first
     by ``question_support`` (embedding cosine + question words), best first, the answer's sentence
     put second when it ranks lower; questions whose answer then lies outside the context (it spans
-    two sentences) are left out. ``ask`` ordered its sentences by that measure when the shipped
-    adapter's stages 2 and 3 were trained; it now orders them by a learnt ranker, which more often
-    puts the answer's sentence first, and still uses the measure to decide whether to answer.
+    two sentences) are left out. The shipped adapter learnt to read contexts in that order
+    (EVALUATION.md: its stages); ``ask`` orders its sentences by a learnt ranker, which more often
+    puts the answer's sentence first, and uses the measure to decide whether to answer.
 
     Unanswerable forms, target ``NO_ANSWER`` (SQuAD v1.1 has no unanswerable question): "removed",
     the question against the two best sentences of its own article once every sentence that holds

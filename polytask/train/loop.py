@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import resource
-import signal
 import time
 from pathlib import Path
 
@@ -34,14 +34,13 @@ from polytask.model import Llama, ModelConfig, build_model, preset
 from polytask.registry import adapter_to_continue, resolve_model_dir
 from polytask.tokenizer import Tokenizer
 from polytask.train import checkpoint, peak
+from polytask.train.faults import KillAfterStep
 from polytask.train.loss import token_cross_entropy
-from polytask.train.optim import LossScaler, build_optimizer, clip_grad_norm, lr_at, set_lr, skip_step
+from polytask.train.optim import LossScaler, build_optimizer, clip_grad_norm, lr_at, optimizer_step, set_lr
 from polytask.train.parallelize import build_mesh, parallelize
 from polytask.weights import config_from_hf, read_state_dict
 
-# Fault injection for the fault-tolerance tests: this rank SIGKILLs itself after that step,
-# on the first attempt of a torchrun job only (so the restarted job can finish).
-FAULT_STEP_ENV, FAULT_RANK_ENV = "POLYTASK_FAULT_STEP", "POLYTASK_FAULT_RANK"
+log = logging.getLogger(__name__)
 
 
 def init_distributed(device_pref: str) -> torch.device:
@@ -156,9 +155,9 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def _rank0_print(msg: str) -> None:
+def _rank0_info(msg: str) -> None:
     if dist.get_rank() == 0:
-        print(msg, flush=True)
+        log.info(msg)
 
 
 class MetricsWriter:
@@ -196,10 +195,12 @@ class MetricsWriter:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments: list[str] = ()) -> dict:
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments: list[str] = (),
+          fault: KillAfterStep | None = None) -> dict:
     """Run (or continue) a training job; returns the last logged metrics (rank 0; {} elsewhere).
 
     ``config_comments`` go on top of the resolved config.toml (e.g. what each DeepSpeed key became).
+    ``fault``: the fault-tolerance tests' injected crash, called after every step.
     """
     device = init_distributed(cfg.parallel.device)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -221,7 +222,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
                 f"set --optim.steps above {saved['step']} to train further (nothing was changed)"
             )
         if saved["step"] == cfg.optim.steps:
-            _rank0_print(
+            _rank0_info(
                 f"polytask train: {run_dir} is complete (step {saved['step']} of {cfg.optim.steps}); "
                 f"set --optim.steps higher to train further"
             )
@@ -266,7 +267,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
         loader.load_state_dict(saved["loader"])
         if saved["world_size"] == world:
             torch.set_rng_state(saved["rng"][rank])
-        _rank0_print(f"polytask train: resumed from {resume_from} at step {start_step}")
+        _rank0_info(f"polytask train: resumed from {resume_from} at step {start_step}")
         _note_schedule_change(saved, cfg)  # once the resume is sure to go on
     config_text = config_mod.to_toml(cfg, config_comments)
     # Written once everything above is checked and loaded: a start that fails leaves the folder
@@ -292,9 +293,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
     tokens_per_step = seq_len * micro_batch * accum * dp_size
     train_dtype = compute_dtype or torch.float32
     peak_flops = cfg.metrics.peak_flops or peak.cached(device, train_dtype)
-    fault_step = int(os.environ.get(FAULT_STEP_ENV, 0))
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
-        fault_step = 0
 
     metrics = MetricsWriter(run_dir, cfg.metrics.tensorboard, start_step if resume else -1) if rank == 0 else None
     bar = None
@@ -303,11 +301,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
 
         bar = tqdm(total=cfg.optim.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     if rank == 0 and peak_flops is None:
-        print(
-            f"polytask train: no matmul peak for {peak.device_key(device, train_dtype)}; run `polytask peak` "
-            f"(same threads/dtype) or set metrics.peak_flops to get MFU",
-            flush=True,
-        )
+        log.info(f"polytask train: no matmul peak for {peak.device_key(device, train_dtype)}; run `polytask peak` "
+                 f"(same threads/dtype) or set metrics.peak_flops to get MFU")
 
     # Accumulated between log steps, on the device (no host sync in the hot path).
     loss_sum = torch.zeros((), device=device)
@@ -340,15 +335,15 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
             task_loss.index_add_(0, ids, ce)
             task_count.index_add_(0, ids, torch.ones_like(ce))
         target_sum += count
-        grad_norm = clip_grad_norm(params, cfg.optim.max_grad_norm, optimizer, loss_scale)
+        clip = clip_grad_norm(params, cfg.optim.max_grad_norm, optimizer, loss_scale)
+        grad_norm = clip.norm
         lr = lr_at(step - skipped, cfg.optim)
         overflow = scaler is not None and not math.isfinite(grad_norm.item())  # the same on every rank
         if overflow:
             skipped += 1  # no update; the schedule stays where it is
-            skip_step(optimizer)
         else:
             set_lr(optimizer, lr)
-            optimizer.step()
+            optimizer_step(optimizer, clip)
         if scaler is not None:
             scaler.update(overflow)
         done = step + 1
@@ -404,8 +399,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, config_comments
             save_checkpoint(run_dir, done, tokens_seen, model, optimizer, loader, cfg, model_cfg, world, dp_size,
                             config_text, schedule)
             t_last += time.perf_counter() - t_save  # tokens/s and MFU measure training, not saving
-        if done == fault_step and rank == int(os.environ.get(FAULT_RANK_ENV, 0)):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if fault is not None:
+            fault.after_step(done, rank)
 
     if bar is not None:
         bar.close()
@@ -428,7 +423,7 @@ def _note_schedule_change(saved: dict, cfg: TrainConfig) -> None:
     old = OptimConfig(**{k: v for k, v in before.items() if k in OptimConfig.__dataclass_fields__})
     step, taken = saved["step"], saved["step"] - saved["scheduler"].get("skipped", 0)  # taken: not skipped (fp16)
     what = ", ".join(f"optim.{k} {before[k]} -> {getattr(cfg.optim, k)}" for k in changed)
-    _rank0_print(
+    _rank0_info(
         f"polytask train: {what}: the {cfg.optim.schedule} schedule is recomputed; the learning rate of "
         f"step {step + 1} is {lr_at(taken, cfg.optim):.3g} (it was {lr_at(taken - 1, old):.3g} at step {step})"
     )

@@ -19,8 +19,7 @@ class _TokenCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, overwrite: bool) -> torch.Tensor:
         # (tokens, vocab). Written over the logits when the caller is done with them: a fresh
-        # 100 MB buffer costs its page faults every step (log_softmax of 512 x 49,152 on one core:
-        # 79-92 ms into a new tensor, 25-32 ms in place).
+        # 100 MB buffer costs its page faults every step (BENCHMARKS.md, the training step).
         logp = torch.log_softmax(logits, dim=-1, out=logits) if overwrite else torch.log_softmax(logits, dim=-1)
         valid = targets != IGNORE_INDEX
         index = targets.clamp(min=0).unsqueeze(1)

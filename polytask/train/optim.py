@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -34,7 +35,8 @@ def build_optimizer(
     model: nn.Module, cfg: OptimConfig, zero1_group: dist.ProcessGroup | None = None
 ) -> torch.optim.Optimizer:
     """AdamW; with ``zero1_group`` its state is partitioned across that group's ranks (ZeRO-1)."""
-    # fused: one kernel over all parameters; on CPU ~6x faster than foreach, on GPU the default choice.
+    # fused: one kernel over all parameters, much faster than foreach on CPU (BENCHMARKS.md, the
+    # training step), and the default choice on GPU.
     kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps, "fused": True}
     groups = param_groups(model, cfg.weight_decay)
     if zero1_group is None:
@@ -114,9 +116,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+class Clip(NamedTuple):
+    """What ``clip_grad_norm`` did: the gradients' true global norm (0-d, on their device) and the
+    divisor it left to the optimizer's step (``step_scale``; None: the gradients were scaled in place)."""
+
+    norm: torch.Tensor
+    step_scale: torch.Tensor | None = None
+
+
 @torch.no_grad()
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float,
-                   optimizer: torch.optim.Optimizer | None = None, loss_scale: float = 1.0) -> torch.Tensor:
+                   optimizer: torch.optim.Optimizer | None = None, loss_scale: float = 1.0) -> Clip:
     """Global L2 norm of all gradients (sharded or not); scales them to ``max_norm`` if above.
 
     ``loss_scale``: the gradients are this multiple of the true ones (fp16); the norm returned is
@@ -126,8 +136,9 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float,
     per mesh, since norms of DTensors on different meshes cannot be stacked. No host sync.
 
     With ``optimizer`` a fused AdamW over plain tensors (one process, DDP), the scaling is left to
-    its next ``step()``: the fused kernel divides each gradient by ``grad_scale`` as it reads it,
-    which saves a pass over every gradient (135M parameters: about 50 ms of a 4.5 s step on one core).
+    its step, returned as ``Clip.step_scale`` for ``optimizer_step``: the fused kernel divides each
+    gradient by it as it reads it, which saves a pass over every gradient (BENCHMARKS.md, the
+    training step).
     """
     groups: dict[object, list[torch.Tensor]] = defaultdict(list)
     for p in params:
@@ -142,28 +153,34 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float,
     total = torch.stack(squares).sum().sqrt()
     if loss_scale != 1.0:
         total = total / loss_scale
-    defer = _scales_in_step(optimizer) and list(groups) == [None]
-    if optimizer is not None:
+    if max_norm <= 0 and loss_scale == 1.0:
+        return Clip(total)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0) if max_norm > 0 else torch.ones_like(total)
+    if loss_scale != 1.0:
+        coef = coef / loss_scale
+    if _scales_in_step(optimizer) and list(groups) == [None]:
+        return Clip(total, coef.reciprocal())
+    for grads in groups.values():
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+        torch._foreach_mul_(local, coef.to(local[0].device))
+    return Clip(total)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, clip: Clip) -> None:
+    """``optimizer.step()``, dividing the gradients by ``clip.step_scale`` in the fused kernel.
+
+    torch's fused AdamW reads that divisor from ``optimizer.grad_scale`` (what ``GradScaler`` sets);
+    it is set for this one call only. A stale one would be read by the next ``step()`` whoever calls
+    it: DCP calls one with zero gradients at lr 0 when it saves an optimizer that has no state yet
+    (every fp16 step so far skipped for overflow, whose divisor is inf or nan)."""
+    if clip.step_scale is None:
+        optimizer.step()
+        return
+    optimizer.grad_scale = clip.step_scale
+    try:
+        optimizer.step()
+    finally:
         optimizer.grad_scale = None
-    if max_norm > 0 or loss_scale != 1.0:
-        coef = (max_norm / (total + 1e-6)).clamp(max=1.0) if max_norm > 0 else torch.ones_like(total)
-        if loss_scale != 1.0:
-            coef = coef / loss_scale
-        if defer:
-            optimizer.grad_scale = coef.reciprocal()
-        else:
-            for grads in groups.values():
-                local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
-                torch._foreach_mul_(local, coef.to(local[0].device))
-    return total
-
-
-def skip_step(optimizer: torch.optim.Optimizer) -> None:
-    """An overflowing fp16 step is not taken: forget the gradient scale ``clip_grad_norm`` left for
-    it (inf or nan), which a later ``step()`` would read. DCP takes one when it saves an optimizer
-    that has no state yet (every step so far skipped), with zero gradients at lr 0: Adam's step
-    count then starts at 1, which its bias correction counts."""
-    optimizer.grad_scale = None
 
 
 def _scales_in_step(optimizer: torch.optim.Optimizer | None) -> bool:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-import sys
 import time
 
 import torch
 from torch import nn
 
 from polytask.paths import polytask_home
+
+log = logging.getLogger(__name__)
 
 
 def training_flops(model: nn.Module, seq_len: int) -> tuple[float, float]:
@@ -86,8 +88,7 @@ def _read_table(path) -> dict:
         table = None
     if not isinstance(table, dict):
         if not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):  # once per job
-            print(f"polytask: warning: {path} is not a peak table; ignoring it (run `polytask peak` again)",
-                  file=sys.stderr)
+            log.warning("polytask: warning: %s is not a peak table; ignoring it (run `polytask peak` again)", path)
         return {}
     return table
 
