@@ -160,10 +160,14 @@ def test_genai_generator_matches_backend(default_dir):
 
 def test_scheduler_runs_on_onnx(default_dir):
     """Continuous batching on the ONNX backend: requests join and leave between steps (4 slots, 6
-    requests of different lengths), and each one's greedy tokens are its tokens alone."""
+    requests of different lengths), and each one's greedy tokens are its tokens alone. On the fp32
+    export: ORT's int4/int8 MatMulNBits computes a step of several rows with int8 activations and
+    one row without (see test_genai_generator_matches_backend), so there a near tie may go either
+    way depending on the batch, and on which kernels the CPU has (this test failed on int4 on a
+    machine whose CPU differs from the one it was written on)."""
     from polytask.scheduler import Scheduler, SchedulerConfig
 
-    lm = LM.load("default", backend="onnx", precision="int4")
+    lm = LM.load("default", backend="onnx", precision="fp32")
     prompts = chat_ids(lm) + [[1, 2, 3], chat_ids(lm)[0][:40]]
     params = SamplingParams(max_new_tokens=12, stop_ids=[])
     alone = [lm.engine.generate([p], params)[0].tokens for p in prompts]
