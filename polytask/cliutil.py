@@ -10,9 +10,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRECISIONS = ["fp32", "bf16", "int8", "int4"]
 
 
-def add_model_args(p: argparse.ArgumentParser, adapter: str = "none") -> None:
+# The applications' backend and precision (ask, summarize, reply, demo, serve): the fastest whose
+# scores stay within 1.5 points of torch fp32 on every evaluation task (EVALUATION.md, "ONNX
+# Runtime precisions"; benchmarks/app_latency.py). generate, chat and eval default to torch fp32.
+APP_BACKEND, APP_PRECISION = "onnx", "int8"
+
+
+def add_model_args(p: argparse.ArgumentParser, adapter: str = "none", app: bool = False) -> None:
     """``adapter``: the ``--adapter`` default; the applications pass ``auto`` (the shipped multi-task
-    adapter on the embedded default model)."""
+    adapter on the embedded default model). ``app``: the applications' backend and precision
+    (``APP_BACKEND``, ``APP_PRECISION``) are the defaults."""
+    backend = APP_BACKEND if app else "torch"
+    precision = f"{APP_PRECISION} on onnx, fp32 on torch" if app else "fp32"
     p.add_argument(
         "--model", default="default",
         help="default | a cached model name | a Hugging Face-layout folder | a .gguf file | an ONNX export folder "
@@ -23,12 +32,13 @@ def add_model_args(p: argparse.ArgumentParser, adapter: str = "none") -> None:
         help="a LoRA adapter: a folder (PEFT layout), a shipped name (polytask-multitask), auto (the shipped "
         f"multi-task adapter on the default model, none on others) or none (default: {adapter})",
     )
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+    p.add_argument("--backend", choices=["torch", "onnx"], default=backend,
                    help="torch (polytask's model) or onnx (ONNX Runtime; the model is exported into the cache on "
-                   "first use, or --model names an ONNX export folder) (default: torch)")
+                   f"first use, or --model names an ONNX export folder) (default: {backend})")
     p.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS, default=None,
-                   help="weights: fp32, bf16 (torch only), int8 or int4 (onnx only) (default: fp32; an ONNX "
-                   "export folder's own); --dtype is the same option")
+                   help=f"weights: fp32, bf16 (torch only), int8 or int4 (onnx only) (default: {precision}; an "
+                   "ONNX export folder's own); --dtype is the same option")
+    p.set_defaults(app_precision=APP_PRECISION if app else None)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -65,5 +75,14 @@ def load_lm(args: argparse.Namespace):
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """``LM.load``'s backend and precision from ``add_model_args``'s flags."""
-    return {"backend": args.backend, "precision": args.precision}
+    """``LM.load``'s backend and precision from ``add_model_args``'s flags: an application on ONNX
+    Runtime without ``--precision`` runs at ``APP_PRECISION``, except on an export folder (its own)."""
+    from pathlib import Path
+
+    from polytask.onnx_export import is_onnx_folder
+
+    precision = args.precision
+    app = getattr(args, "app_precision", None)
+    if precision is None and app and args.backend == "onnx" and not is_onnx_folder(Path(args.model).expanduser()):
+        precision = app
+    return {"backend": args.backend, "precision": precision}

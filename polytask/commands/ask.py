@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--store", default=None, help="SQLite store file (default: $POLYTASK_HOME/store.sqlite)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer, in tokens (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_model_args(p, adapter="auto")
+    add_model_args(p, adapter="auto", app=True)
     p.set_defaults(func=run)
 
 

@@ -21,7 +21,7 @@ AGENT_SCRIPT = [
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the applications on the shipped sample document, e-mail and knowledge base")
-    add_model_args(p, adapter="auto")
+    add_model_args(p, adapter="auto", app=True)
     p.add_argument("--question", default="Where did he get his PhD?")
     p.set_defaults(func=run)
 

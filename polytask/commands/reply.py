@@ -13,7 +13,7 @@ def register(sub) -> None:
     p.add_argument("-n", type=int, default=3, help="number of suggestions, one per intent (1-5, default 3)")
     p.add_argument("--always", action="store_true", help="suggest replies even when none seems needed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_model_args(p, adapter="auto")
+    add_model_args(p, adapter="auto", app=True)
     p.set_defaults(func=run)
 
 

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the applications, an OpenAI-compatible API and a web page")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    add_model_args(p, adapter="auto")
+    add_model_args(p, adapter="auto", app=True)
     p.add_argument("--store", default=None, help="SQLite store file (default: $POLYTASK_HOME/store.sqlite)")
     p.add_argument("--kb", default=None, help="the agent's knowledge base folder (default: the shipped example)")
     p.add_argument("--max-batch", type=int, default=16, help="requests generating at once (default 16)")

@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("file")
     p.add_argument("--length", choices=["short", "medium", "long"], default="short")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_model_args(p)  # the base model: the multi-task adapter reduces a document to a subject line
+    add_model_args(p, app=True)  # the base model: the multi-task adapter reduces a document to a subject line
     p.set_defaults(func=run)
 
 
