@@ -57,6 +57,17 @@ def base_lm(lm):
     return LM.load(lm.name, adapter="none", backend=lm.backend, precision=lm.precision)
 
 
+def ban_words(lm, words: list[str], banned: dict[int, float] | None = None) -> dict[int, float]:
+    """``banned`` (a ``logit_bias``) with the first token of each word ruled out (-100), written
+    alone and after a space: what a summary or a reply invented is not written again."""
+    out = dict(banned or {})
+    for word in words:
+        for ids in (lm.tokenizer.encode(word), lm.tokenizer.encode(" " + word)):
+            if ids:
+                out[ids[0]] = -100.0
+    return out
+
+
 def open_store(store: DocStore | str | Path | None) -> DocStore:
     return store if isinstance(store, DocStore) else DocStore(store)
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_multitask
+from polytask.apps.common import ban_words, clip_words, complete_sentences, get_lm, uses_multitask
 from polytask.apps.summarize import unsupported_names
 from polytask.errors import PolytaskError
 from polytask.prompts import EMAIL_INTENT_USER
@@ -205,17 +205,15 @@ def reply(
                 tokens = lm.complete([prompts[i]], raw=True, max_new_tokens=48, repetition_penalty=1.1,
                                      logit_bias=banned[i] or None, **sampling)[0].tokens
             text = _shorten(_clean(intents[i][2] + lm.tokenizer.decode(tokens)))
-            made_up = invented_details(text, source)
             if intents[i][0] == "ask_details" and repeats_request(text, asking):
                 # The model's next tries at a question of its own drift off the e-mail (sampled on the
                 # team's e-mails: "could you join an e-mail for a month or two?"): the plain question
                 # about the subject instead.
                 log.debug("reply %r (try %d) asks the request back: %r", intents[i][0], attempt + 1, text)
                 texts[i] = TEMPLATES["ask_details"].format(topic=topic)
-            elif made_up:
+            elif made_up := invented_details(text, source):
                 log.debug("reply %r (try %d) invents %s: %r", intents[i][0], attempt + 1, made_up, text)
-                banned[i] |= {ids[0]: -100.0 for word in made_up
-                              for ids in (lm.tokenizer.encode(word), lm.tokenizer.encode(" " + word)) if ids}
+                banned[i] = ban_words(lm, made_up, banned[i])
             elif mentions(text, terms) or not asking:  # with no request there is nothing to name
                 texts[i] = text
             else:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polytask.apps.common import clip_words, complete_sentences, get_lm, uses_multitask
+from polytask.apps.common import ban_words, clip_words, complete_sentences, get_lm, uses_multitask
 from polytask.errors import PolytaskError
 from polytask.prompts import SAMSUM_MAX_NEW_TOKENS, SAMSUM_USER
 from polytask.store import ParsedDoc, parse_file
@@ -293,8 +293,7 @@ def summarize_chat(text: str, lm, source: Source | None = None) -> str:
         invented = unsupported_names(summary, source.text, source.anchors)
         if not invented:
             break
-        banned |= {ids[0]: -100.0 for word in invented for ids in (lm.tokenizer.encode(word),
-                                                                      lm.tokenizer.encode(" " + word)) if ids}
+        banned = ban_words(lm, invented, banned)
     return summary
 
 
